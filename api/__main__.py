@@ -1,0 +1,69 @@
+"""``python -m api serve | tiny-models DIR | openapi``"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def serve(_: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.common.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+        from api.main import create_app
+
+        app = create_app(settings)
+    except SettingsError as exc:
+        print(f"deferred-diffusion: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def tiny_models(args: argparse.Namespace) -> int:
+    from api.images.models.tiny import build_tiny_image_models
+
+    written = build_tiny_image_models(Path(args.dir), args.only or None)
+    for name in written:
+        print(Path(args.dir) / name)
+    return 0
+
+
+def openapi(_: argparse.Namespace) -> int:
+    import tempfile
+
+    from api.common.settings import Settings
+    from api.main import create_app
+
+    with tempfile.TemporaryDirectory() as scratch:
+        app = create_app(Settings(data_dir=Path(scratch)), devices=["cpu"])
+        spec = app.openapi()
+        app.state.engine.store.close()
+    json.dump(spec, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m api", description="deferred-diffusion server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="start the server (settings from DD_* variables)")
+    tiny = commands.add_parser("tiny-models", help="write tiny random-weight models for tests")
+    tiny.add_argument("dir", help="models folder (use it as DD_MODELS_DIR)")
+    tiny.add_argument("--only", nargs="*", help="model names (default: all)")
+    commands.add_parser("openapi", help="print the OpenAPI spec as JSON")
+    args = parser.parse_args(argv)
+    return {"serve": serve, "tiny-models": tiny_models, "openapi": openapi}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The job engine: the store, one runner per device, and change notices for waiting clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from api.common.jobs.runner import JobHandler, Runner
+from api.common.jobs.schemas import Job
+from api.common.jobs.store import JobStore
+
+
+class JobEvents:
+    """Wakes clients waiting on a job (``wait=``, SSE) when a runner thread changes it."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def publish(self, job_id: str) -> None:
+        """Thread-safe: note that ``job_id`` changed."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                loop.call_soon_threadsafe(self._wake, job_id)
+
+    def _wake(self, job_id: str) -> None:
+        for event in self._watchers.get(job_id, ()):
+            event.set()
+
+    @contextlib.contextmanager
+    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever ``job_id`` changes (call from the event loop)."""
+        event = asyncio.Event()
+        self._watchers[job_id].add(event)
+        try:
+            yield event
+        finally:
+            self._watchers[job_id].discard(event)
+            if not self._watchers[job_id]:
+                del self._watchers[job_id]
+
+
+class JobEngine:
+    """Submit, look up, cancel and follow jobs; runs them on one runner per device."""
+
+    # A waiting client re-reads the job at least this often, even without a notice.
+    POLL_SECONDS = 1.0
+
+    def __init__(self, store: JobStore, handlers: dict[str, JobHandler], devices: list[str]):
+        self.store = store
+        self.handlers = handlers
+        self.devices = devices
+        self.events = JobEvents()
+        self._wake = threading.Condition()
+        self.runners: list[Runner] = []
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> int:
+        """Fail jobs a dead process left running, then start the runners; returns that count."""
+        self.events.bind(loop)
+        interrupted = self.store.fail_interrupted()
+        self.runners = [
+            Runner(device, self.store, self.handlers, self.events.publish, self._wake)
+            for device in self.devices
+        ]
+        for runner in self.runners:
+            runner.start()
+        return interrupted
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for runner in self.runners:
+            runner.stop()
+        for runner in self.runners:
+            runner.join(timeout)
+
+    def submit(self, kind: str, model: str, request: dict[str, Any]) -> Job:
+        job = self.store.submit(kind, model, request)
+        with self._wake:
+            self._wake.notify()
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.store.cancel(job_id)
+        self.events.publish(job_id)
+        return job
+
+    async def get(self, job_id: str) -> Job:
+        return await asyncio.to_thread(self.store.get, job_id)
+
+    async def wait(self, job_id: str, seconds: float) -> Job:
+        """The job once finished, or as it stands after ``seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        with self.events.watch(job_id) as changed:
+            while True:
+                changed.clear()
+                job = await self.get(job_id)
+                left = deadline - loop.time()
+                if job.finished or left <= 0:
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(left, self.POLL_SECONDS))
+
+    async def follow(self, job_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(event, data) pairs: ``status`` and ``progress`` as they change, then ``result``
+        or ``error`` (or a last ``status`` for a cancelled job); ends when the job does."""
+        last_status = last_progress = None
+        with self.events.watch(job_id) as changed:
+            while True:
+                changed.clear()
+                job = await self.get(job_id)
+                if job.status != last_status:
+                    last_status = job.status
+                    yield (
+                        "status",
+                        {"id": job.id, "status": job.status, "queue_position": job.queue_position},
+                    )
+                if job.progress is not None and job.progress != last_progress:
+                    last_progress = job.progress
+                    yield "progress", job.progress.model_dump()
+                if job.finished:
+                    if job.result is not None:
+                        yield "result", job.result
+                    if job.error is not None:
+                        yield "error", job.error.model_dump()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.POLL_SECONDS)

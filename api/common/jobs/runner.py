@@ -1,0 +1,112 @@
+"""Runners: one thread per compute device, taking queued jobs in order."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from api.common.devices import free_memory
+from api.common.errors import ApiError, JobCancelled, JobFailure
+from api.common.jobs.schemas import Job, JobStatus
+from api.common.jobs.store import JobStore
+
+log = logging.getLogger("api.jobs")
+
+JobHandler = Callable[[Job, "JobContext"], dict[str, Any]]
+
+
+@dataclass
+class JobContext:
+    """What a running job may use: its device, progress reports and the cancel check."""
+
+    job_id: str
+    device: str
+    store: JobStore
+    publish: Callable[[str], None]
+
+    def progress(self, step: int, total: int) -> None:
+        """Report a finished step; raises JobCancelled when the job was cancelled."""
+        self.store.set_progress(self.job_id, step, total)
+        self.publish(self.job_id)
+        self.check_cancelled()
+
+    def check_cancelled(self) -> None:
+        if self.store.cancel_requested(self.job_id):
+            raise JobCancelled(self.job_id)
+
+
+def describe_failure(exc: BaseException) -> dict[str, str]:
+    """The job's ``error`` for an exception a handler raised."""
+    if isinstance(exc, JobFailure):
+        return {"type": exc.type, "message": str(exc)}
+    if isinstance(exc, ApiError):  # an input that was fine at submit but is not any more
+        return {"type": "invalid_input", "message": exc.message}
+    name = type(exc).__name__
+    if name == "OutOfMemoryError":
+        return {
+            "type": "out_of_memory",
+            "message": f"the device ran out of memory: {exc}. Try a smaller size or "
+            "optimize_low_vram=true.",
+        }
+    return {"type": "internal_error", "message": f"{name}: {exc}"}
+
+
+class Runner(threading.Thread):
+    """Takes the oldest queued job, runs its kind's handler on ``device``, records the end."""
+
+    def __init__(
+        self,
+        device: str,
+        store: JobStore,
+        handlers: dict[str, JobHandler],
+        publish: Callable[[str], None],
+        wake: threading.Condition,
+    ) -> None:
+        super().__init__(name=f"runner-{device}", daemon=True)
+        self.device = device
+        self.store = store
+        self.handlers = handlers
+        self.publish = publish
+        self.wake = wake
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self.wake:
+            self.wake.notify_all()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            job = self.store.claim_next(self.name)
+            if job is None:
+                with self.wake:
+                    self.wake.wait(timeout=1.0)
+                continue
+            self.run_job(job)
+
+    def run_job(self, job: Job) -> None:
+        self.publish(job.id)
+        context = JobContext(job.id, self.device, self.store, self.publish)
+        log.info("job %s (%s %s) started on %s", job.id, job.kind, job.model, self.device)
+        status, result, error = self.execute(job, context)
+        if status != JobStatus.succeeded:
+            free_memory()  # after the traceback (and the tensors its frames hold) is gone
+        self.store.finish(job.id, status, result=result, error=error)
+        log.info("job %s %s%s", job.id, status, f": {error['message']}" if error else "")
+        self.publish(job.id)
+
+    def execute(
+        self, job: Job, context: JobContext
+    ) -> tuple[JobStatus, dict[str, Any] | None, dict[str, str] | None]:
+        try:
+            context.check_cancelled()
+            return JobStatus.succeeded, self.handlers[job.kind](job, context), None
+        except JobCancelled:
+            return JobStatus.cancelled, None, None
+        except Exception as exc:
+            if not isinstance(exc, JobFailure | ApiError):
+                log.exception("job %s raised", job.id)
+            return JobStatus.failed, None, describe_failure(exc)

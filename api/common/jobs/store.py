@@ -1,0 +1,201 @@
+"""Jobs on disk: a SQLite file in the data dir, so a submitted job survives a restart."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from api.common.errors import Conflict, NotFound
+from api.common.jobs.schemas import FINISHED, Job, JobStatus
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    progress TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
+"""
+
+INTERRUPTED = (
+    "the server stopped while this job was running (process killed or crashed); "
+    "no output was written — submit it again"
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class JobStore:
+    """Every job the server has accepted, with its status, request, result or error."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        position = None
+        if row["status"] == JobStatus.queued:
+            ahead = self._one(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq < ?", (row["seq"],)
+            )
+            position = ahead[0] + 1
+        return Job(
+            id=row["id"],
+            kind=row["kind"],
+            model=row["model"],
+            status=row["status"],
+            queue_position=position,
+            progress=json.loads(row["progress"]) if row["progress"] else None,
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            request=json.loads(row["request"]),
+            result=json.loads(row["result"]) if row["result"] else None,
+            error=json.loads(row["error"]) if row["error"] else None,
+        )
+
+    def submit(self, kind: str, model: str, request: dict[str, Any]) -> Job:
+        job_id = uuid.uuid4().hex
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, kind, model, status, request, created_at)"
+                " VALUES (?, ?, ?, 'queued', ?, ?)",
+                (job_id, kind, model, json.dumps(request), _now()),
+            )
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        row = self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFound(f"no job with id {job_id!r}", "id")
+        return self._job(row)
+
+    def list(
+        self, status: str | None = None, kind: str | None = None, limit: int = 50
+    ) -> list[Job]:
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        sql = "SELECT * FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(sql, (*args, limit)).fetchall()
+        return [self._job(row) for row in rows]
+
+    def claim_next(self, worker: str) -> Job | None:
+        """Atomically move the oldest queued job to running and return it."""
+        row = self._one(
+            "UPDATE jobs SET status = 'running', started_at = ?, worker = ?"
+            " WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)"
+            " RETURNING *",
+            (_now(), worker),
+        )
+        return self._job(row) if row else None
+
+    def set_progress(self, job_id: str, step: int, total: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'",
+                (json.dumps({"step": step, "total": total}), job_id),
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        result: dict[str, Any] | None = None,
+        error: dict[str, str] | None = None,
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status = ?, result = ?, error = ?, finished_at = ?"
+                " WHERE id = ? AND status = 'running'",
+                (
+                    status,
+                    json.dumps(result) if result is not None else None,
+                    json.dumps(error) if error is not None else None,
+                    _now(),
+                    job_id,
+                ),
+            )
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job now; ask a running one to stop at its next step."""
+        with self._lock:
+            row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no job with id {job_id!r}", "id")
+            if row["status"] in FINISHED:
+                raise Conflict(f"job {job_id} already {row['status']}; nothing to cancel", "id")
+            if row["status"] == JobStatus.queued:
+                self._db.execute(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ?",
+                    (_now(), job_id),
+                )
+            else:
+                self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        row = self._one("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
+        return bool(row and row[0])
+
+    def fail_interrupted(self) -> int:
+        """Mark jobs left ``running`` by a process that died as failed; returns how many."""
+        error = json.dumps({"type": "interrupted", "message": INTERRUPTED})
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?"
+                " WHERE status = 'running'",
+                (error, _now()),
+            )
+            return cursor.rowcount
+
+    def queue_depth(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT status, COUNT(*) FROM jobs"
+                " WHERE status IN ('queued', 'running') GROUP BY status"
+            ).fetchall()
+        counts = {"queued": 0, "running": 0}
+        counts.update({row[0]: row[1] for row in rows})
+        return counts

@@ -1,0 +1,76 @@
+"""Reading input images and encoding outputs (PNG with generation metadata)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from api.common.errors import InvalidField
+
+IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+METADATA_KEY = "deferred-diffusion"
+
+
+def open_image(path: Path, field: str) -> Image.Image:
+    """Decode an input image (PNG, JPEG, WebP, TIFF...) or fail naming ``field``."""
+    if path.suffix.lower() == ".exr":
+        raise InvalidField(
+            f"{field}: EXR inputs are not supported yet; send PNG, JPEG or WebP", field
+        )
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidField(f"{field} {str(path)!r} is not a readable image: {exc}", field) from None
+
+
+def decode_data_url(value: str, field: str) -> tuple[bytes, str]:
+    """``data:image/png;base64,...`` → (bytes, suffix), or a 4xx naming ``field``."""
+    header, _, payload = value.partition(",")
+    if not header.startswith("data:image/") or ";base64" not in header:
+        raise InvalidField(f"{field}: only base64 image data URLs are accepted", field)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidField(f"{field}: the data URL is not valid base64", field) from None
+    suffix = "." + header[len("data:image/") :].split(";")[0].lower().replace("jpeg", "jpg")
+    return data, suffix
+
+
+def check_image_bytes(data: bytes, field: str) -> None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises many types for broken files
+        raise InvalidField(f"{field} is not a readable image: {exc}", field) from None
+
+
+def encode_image(image: Image.Image, suffix: str, metadata: dict[str, Any]) -> bytes:
+    """Encode ``image`` for ``suffix``; PNGs carry every metadata item as a text chunk."""
+    buffer = io.BytesIO()
+    suffix = suffix.lower()
+    if suffix == ".png":
+        info = PngImagePlugin.PngInfo()
+        for key, value in metadata.items():
+            if value is not None:
+                info.add_text(key, value if isinstance(value, str) else json.dumps(value))
+        info.add_text(METADATA_KEY, json.dumps(metadata, sort_keys=True))
+        image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
+    elif suffix in (".jpg", ".jpeg"):
+        exif = Image.Exif()
+        exif[0x010E] = json.dumps(metadata, sort_keys=True)  # ImageDescription
+        image.convert("RGB").save(buffer, format="JPEG", quality=95, exif=exif)
+    elif suffix == ".webp":
+        exif = Image.Exif()
+        exif[0x010E] = json.dumps(metadata, sort_keys=True)
+        image.save(buffer, format="WEBP", quality=95, exif=exif)
+    else:
+        raise ValueError(f"unsupported image suffix {suffix}")
+    return buffer.getvalue()

@@ -1,0 +1,148 @@
+"""Where model weights come from, and the cache that keeps loaded models resident."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from api.common.errors import JobFailure
+
+log = logging.getLogger("api.models")
+
+TINY_MARKER = "tiny.json"
+_MAIN_FILES = ("model_index.json", "config.json")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A model's weights: a local folder, or a Hugging Face repo id to download."""
+
+    source: str  # "models_dir" | "hf_cache" | "download"
+    location: str  # a folder, or the repo id for "download"
+    tiny: bool = False
+
+
+def _local_folder(models_dir: Path, name: str) -> Path | None:
+    folder = models_dir / name
+    return folder if any((folder / f).is_file() for f in _MAIN_FILES) else None
+
+
+def _hf_cache_folder(repo: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in _MAIN_FILES:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
+def downloads_possible(allow_downloads: bool) -> bool:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    return allow_downloads and not offline
+
+
+def find_weights(name: str, repo: str, models_dir: Path, allow_downloads: bool) -> Weights | None:
+    """``DD_MODELS_DIR/<name>/``, then the Hugging Face cache, then a download (if allowed)."""
+    folder = _local_folder(models_dir, name)
+    if folder is not None:
+        return Weights("models_dir", str(folder), (folder / TINY_MARKER).is_file())
+    cached = _hf_cache_folder(repo)
+    if cached is not None:
+        return Weights("hf_cache", str(cached))
+    if downloads_possible(allow_downloads):
+        return Weights("download", repo)
+    return None
+
+
+def require_weights(name: str, repo: str, models_dir: Path, allow_downloads: bool) -> Weights:
+    weights = find_weights(name, repo, models_dir, allow_downloads)
+    if weights is None:
+        raise JobFailure(
+            f"weights for model {name!r} ({repo}) are not on this machine and downloads are off. "
+            f"Put them in {models_dir / name} (e.g. `hf download {repo} --local-dir "
+            f"{models_dir / name}` on a machine with network), or allow downloads "
+            "(DD_ALLOW_DOWNLOADS=true, HF_HUB_OFFLINE unset).",
+            type="model_unavailable",
+        )
+    return weights
+
+
+def tiny_info(folder: Path) -> dict[str, Any] | None:
+    marker = folder / TINY_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+class ModelCache:
+    """Loaded models kept resident, least recently used evicted first.
+
+    Bounded by a count and, on CUDA, by free memory: before a load, older entries are
+    evicted while the device has less free memory than the new model needs.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._entries)
+
+    def get(
+        self, key: Hashable, load: Callable[[], Any], needed_bytes: int = 0, device: str = "cpu"
+    ) -> Any:
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            while len(self._entries) >= self.max_entries:
+                self._evict_oldest()
+            while self._entries and _free_bytes(device) < needed_bytes:
+                self._evict_oldest()
+            log.info("loading %s", key)
+            value = load()
+            self._entries[key] = value
+            return value
+
+    def drop(self, predicate: Callable[[Hashable], bool]) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if predicate(k)]:
+                del self._entries[key]
+        from api.common.devices import free_memory
+
+        free_memory()
+
+    def _evict_oldest(self) -> None:
+        key, _ = self._entries.popitem(last=False)
+        log.info("evicting %s", key)
+        from api.common.devices import free_memory
+
+        free_memory()
+
+
+def _free_bytes(device: str) -> int:
+    if not device.startswith("cuda"):
+        return 1 << 62
+    import torch
+
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def folder_size(folder: str) -> int:
+    """Bytes of weight files under a local folder (0 for a download not yet made)."""
+    path = Path(folder)
+    if not path.is_dir():
+        return 0
+    return sum(
+        f.stat().st_size
+        for f in path.rglob("*")
+        if f.suffix in (".safetensors", ".bin") and f.is_file()
+    )

@@ -1,0 +1,116 @@
+"""HTTP shared by every domain: health, the model list, file upload and download."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from api import __version__
+from api.common.devices import describe
+from api.common.errors import InvalidField, NotFound, PayloadTooLarge, Unauthorized
+from api.common.files import atomic_write
+from api.common.media import check_image_bytes
+
+MAX_UPLOAD_BYTES = 512 * 2**20
+UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+
+router = APIRouter()
+health_router = APIRouter()
+
+
+def require_api_key(request: Request) -> None:
+    """With DD_API_KEYS set, every /api call needs ``Authorization: Bearer <key>``."""
+    keys = request.app.state.services.settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(
+        hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys
+    ):
+        raise Unauthorized(
+            "missing or wrong API key: send 'Authorization: Bearer <key>'", "Authorization"
+        )
+
+
+def all_models(request: Request) -> list[dict[str, Any]]:
+    services = request.app.state.services
+    return [
+        model
+        for describe_models in request.app.state.catalogs
+        for model in describe_models(services)
+    ]
+
+
+@health_router.get("/health", operation_id="health", tags=["health"])
+def health(request: Request) -> dict[str, Any]:
+    """Version, devices (GPU memory), queue depth, and a warning when tiny weights are served."""
+    engine = request.app.state.engine
+    tiny = [m["name"] for m in all_models(request) if m["weights"]["tiny"]]
+    body: dict[str, Any] = {
+        "status": "ok",
+        "version": __version__,
+        "devices": [describe(device) for device in engine.devices],
+        "queue": engine.store.queue_depth(),
+    }
+    if tiny:
+        body["warning"] = (
+            "serving TINY RANDOM WEIGHTS for " + ", ".join(tiny) + ": outputs are noise, "
+            "for tests only"
+        )
+    return body
+
+
+@router.get("/models", operation_id="models_list", tags=["models"])
+def list_models(request: Request) -> list[dict[str, Any]]:
+    """Every registered model: what it can do, where its weights come from, whether loaded."""
+    return all_models(request)
+
+
+class UploadedFile(BaseModel):
+    path: str
+
+
+@router.post(
+    "/files",
+    operation_id="files_upload",
+    tags=["files"],
+    status_code=201,
+    response_model=UploadedFile,
+)
+async def upload_file(request: Request, file: UploadFile) -> UploadedFile:
+    """Upload an input image for clients without the shared mount; returns a usable path."""
+    suffix = Path(file.filename or "").suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise InvalidField(f"file must be one of {', '.join(UPLOAD_SUFFIXES)}", "file")
+    data = await file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(f"file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB", "file")
+    await run_in_threadpool(check_image_bytes, data, "file")
+    services = request.app.state.services
+    path = services.data_dir / "uploads" / f"{uuid.uuid4().hex}{suffix}"
+    await run_in_threadpool(atomic_write, path, data)
+    return UploadedFile(path=services.paths.to_client(path))
+
+
+@router.get(
+    "/files/{job_id}/{name}", operation_id="files_get", tags=["files"], response_class=FileResponse
+)
+def get_file(request: Request, job_id: str, name: str) -> FileResponse:
+    """An output of a job, by the ``url`` in its result."""
+    job = request.app.state.engine.store.get(job_id)
+    paths = request.app.state.services.paths
+    wanted = f"/api/files/{job_id}/{name}"
+    for output in (job.result or {}).get("images", []):
+        if output["url"] == wanted:
+            # The take is this job's own copy; the main path may hold a later job's output.
+            path = Path(paths.to_server(output.get("take_path") or output["path"]))
+            if path.is_file():
+                return FileResponse(path, filename=Path(output["path"]).name)
+    raise NotFound(f"job {job_id} has no output file {name!r}", "name")

@@ -1,0 +1,49 @@
+"""What the domains share at run time: settings, the path policy, the model caches."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from api.common.models import ModelCache
+from api.common.paths import PathPolicy
+from api.common.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    paths: PathPolicy
+    _caches: dict[str, ModelCache] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        return cls(settings, PathPolicy(settings.roots, settings.path_map))
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.resolved_data_dir
+
+    @property
+    def models_dir(self) -> Path:
+        return self.settings.resolved_models_dir
+
+    def model_cache(self, device: str) -> ModelCache:
+        """The resident models of one device (each runner has its own)."""
+        with self._lock:
+            if device not in self._caches:
+                self._caches[device] = ModelCache(self.settings.max_loaded_models)
+            return self._caches[device]
+
+    def loaded_models(self) -> dict[str, list[str]]:
+        """Model name → devices where it is loaded (cache keys start with the model name)."""
+        loaded: dict[str, list[str]] = {}
+        with self._lock:
+            for device, cache in self._caches.items():
+                for key in cache.keys():
+                    loaded.setdefault(str(key[0] if isinstance(key, tuple) else key), []).append(
+                        device
+                    )
+        return loaded

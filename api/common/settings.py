@@ -1,0 +1,119 @@
+"""Server settings: one object, read from DD_* environment variables, validated at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / (
+        "deferred-diffusion"
+    )
+
+
+class Settings(BaseSettings):
+    """Everything the server reads from its environment (prefix ``DD_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DD_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(5000, ge=1, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    models_dir: Path | None = None
+    allowed_roots: list[Path] | None = None
+    path_map: dict[str, str] = {}
+    api_keys: list[str] = []
+    allow_no_auth: bool = False
+    device: str = "auto"
+    allow_downloads: bool = True
+    max_loaded_models: int = Field(3, ge=1)
+    log_level: str = "info"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        if any(not key.strip() for key in value):
+            raise ValueError("API keys must not be empty strings")
+        return value
+
+    @field_validator("path_map")
+    @classmethod
+    def _path_map(cls, value: dict[str, str]) -> dict[str, str]:
+        for client, server in value.items():
+            if not client.strip() or not server.strip():
+                raise ValueError("path map entries must map a non-empty prefix to a path")
+            if not Path(server).is_absolute():
+                raise ValueError(f"server side of {client!r} must be an absolute path: {server!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _network(self) -> Settings:
+        if not self.api_keys and not self.allow_no_auth and not is_loopback(self.host):
+            raise ValueError(
+                f"DD_HOST={self.host} exposes the server beyond this machine without API keys; "
+                "set DD_API_KEYS='[\"a-long-secret\"]' or, on a trusted network, "
+                "DD_ALLOW_NO_AUTH=true"
+            )
+        return self
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").expanduser().resolve()
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def roots(self) -> list[Path]:
+        """Allowed roots for input and output paths, resolved (links and ``..``)."""
+        roots = self.allowed_roots
+        if roots is None:
+            roots = [self.data_dir, Path.home()]
+        return [Path(root).expanduser().resolve() for root in roots]
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SettingsError(Exception):
+    """Settings that can't be used; the message says which and why."""
+
+
+def load_settings() -> Settings:
+    """Read and validate settings, turning pydantic's report into one readable message."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"])
+            name = f"DD_{where.upper()}" if where else "settings"
+            lines.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+    try:
+        settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"invalid settings:\n  DD_DATA_DIR: cannot create it: {exc}") from None
+    return settings

@@ -1,0 +1,110 @@
+"""create_app(): the FastAPI application, its routers and the services behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api import __version__
+from api.common import router as common
+from api.common.devices import compute_devices
+from api.common.errors import ApiError
+from api.common.jobs import router as jobs
+from api.common.jobs.engine import JobEngine
+from api.common.jobs.store import JobStore
+from api.common.services import Services
+from api.common.settings import Settings, load_settings
+from api.images import router as images
+from api.images import service as image_service
+
+log = logging.getLogger("api")
+
+
+def error_response(status: int, type_: str, message: str, field: str | None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"type": type_, "message": message, "field": field}}, status_code=status
+    )
+
+
+def _field_of(location: tuple) -> str | None:
+    parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        if first.get("type") == "json_invalid":
+            return error_response(400, "bad_request", f"malformed JSON: {first['msg']}", "body")
+        messages = []
+        for err in errors:
+            field = _field_of(tuple(err["loc"])) or "body"
+            messages.append(f"{field}: {err['msg']}")
+        return error_response(
+            422, "invalid_field", "; ".join(messages), _field_of(tuple(first["loc"])) or "body"
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, kind, str(exc.detail), None)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}", None)
+
+
+def create_app(settings: Settings | None = None, devices: list[str] | None = None) -> FastAPI:
+    """The server. ``devices`` overrides DD_DEVICE (tests use ["cpu"])."""
+    settings = settings or load_settings()
+    services = Services.from_settings(settings)
+    store = JobStore(services.data_dir / "jobs.sqlite3")
+    handlers = {"images": functools.partial(image_service.run_image_job, services)}
+    engine = JobEngine(store, handlers, devices or compute_devices(settings.device))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        interrupted = engine.start(asyncio.get_running_loop())
+        if interrupted:
+            log.warning(
+                "%d job(s) were running when the server last stopped: marked failed", interrupted
+            )
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(engine.stop)
+            store.close()
+
+    app = FastAPI(
+        title="deferred-diffusion",
+        version=__version__,
+        description="Generative AI jobs for VFX pipelines: images (more domains to come). "
+        "Every model call is a job: submit, then wait, poll or follow its events.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.engine = engine
+    app.state.catalogs = [image_service.describe_models]
+    install_error_handlers(app)
+
+    guarded = [Depends(common.require_api_key)]
+    app.include_router(common.health_router)
+    app.include_router(common.router, prefix="/api", dependencies=guarded)
+    app.include_router(jobs.router, prefix="/api", dependencies=guarded)
+    app.include_router(images.router, prefix="/api", dependencies=guarded)
+    return app

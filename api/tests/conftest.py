@@ -1,0 +1,110 @@
+"""Shared fixtures: tiny models built once per session, a fresh server (app) per test."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.common.settings import Settings
+from api.main import create_app
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every tiny model, written once by the same code as ``python -m api tiny-models``."""
+    from api.images.models.tiny import build_tiny_image_models
+
+    folder = tmp_path_factory.mktemp("tiny-models")
+    build_tiny_image_models(folder)
+    return folder
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """The allowed root of a test: inputs and outputs live here."""
+    root = tmp_path / "show"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, tiny_models: Path, workspace: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "models_dir": tiny_models,
+            "allowed_roots": [workspace, tmp_path / "data"],
+            "allow_downloads": False,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(make_settings(**overrides), devices=["cpu"]))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def write_image(path: Path, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:
+    """A deterministic test picture: a gradient with a square, or (mode L) a mask."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+    pixels = (x * 0.5 + y * 0.5 + rng.uniform(0, 30, (h, w, 3))).clip(0, 255).astype("uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def write_mask(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    w, h = size
+    mask = Image.new("L", size, 0)
+    mask.paste(255, (w // 4, h // 4, 3 * w // 4, 3 * h // 4))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask.save(path)
+    return path
+
+
+def png_metadata(path: Path) -> dict[str, Any]:
+    with Image.open(path) as image:
+        return json.loads(image.text["deferred-diffusion"])
+
+
+def decode(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.copy()
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []

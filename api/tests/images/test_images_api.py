@@ -1,0 +1,219 @@
+"""Every family × mode end to end through HTTP, on the tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+)
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.images.registry import IMAGE_MODELS, Mode
+from api.tests.conftest import decode, png_metadata, write_image, write_mask
+
+CASES = [
+    (name, mode) for name, model in IMAGE_MODELS.items() for mode in Mode if mode in model.modes
+]
+
+
+def request_for(mode: Mode, workspace: Path, **extra) -> dict:
+    body = {
+        "prompt": "a lighthouse at dusk",
+        "negative_prompt": "blurry",
+        "seed": 7,
+        "num_inference_steps": 2,
+        "max_width": 64,
+        "max_height": 64,
+        "strength": 0.75,
+    }
+    if mode != Mode.text_to_image:
+        body["input_image_path"] = str(write_image(workspace / "plate.png", (96, 64)))
+    if mode == Mode.inpainting:
+        body["input_mask_path"] = str(write_mask(workspace / "mask.png", (96, 64)))
+    return body | extra
+
+
+def run(client: TestClient, body: dict) -> dict:
+    response = client.post("/api/images?wait=120", json=body)
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["status"] == "succeeded", job["error"]
+    return job
+
+
+@pytest.mark.parametrize(("model", "mode"), CASES, ids=[f"{m}-{mode}" for m, mode in CASES])
+def test_every_family_and_mode(client: TestClient, workspace: Path, model: str, mode: Mode):
+    out = workspace / "renders" / f"{model}.png"
+    job = run(client, request_for(mode, workspace, model=model, output_image_path=str(out)))
+
+    result = job["result"]
+    assert result["mode"] == mode
+    assert result["seed"] == 7
+    assert result["tiny_weights"] is True
+    [image] = result["images"]
+    # Text→image: the bounds. With a 96x64 plate: its 3:2 aspect fitted into 64x64 → 64x32
+    # (rounded to a multiple of 16).
+    expected = (64, 64) if mode == Mode.text_to_image else (64, 32)
+    assert (image["width"], image["height"]) == expected
+    assert image["path"] == str(out)
+    with Image.open(out) as written:
+        assert written.size == expected
+    meta = png_metadata(out)
+    assert meta["model"] == model and meta["mode"] == mode and meta["seed"] == 7
+    assert meta["prompt"] == "a lighthouse at dusk"
+    assert meta["num_inference_steps"] == 2 and meta["tiny_weights"] is True
+    assert meta["job_id"] == job["id"]
+    take = Path(image["take_path"])
+    assert take.parent == out.parent / "tmp" and take.name.startswith(f"{model}_")
+    assert take.read_bytes() == out.read_bytes()
+    served = client.get(image["url"])
+    assert served.status_code == 200
+    assert served.content == out.read_bytes()
+    assert job["request"]["guidance_scale"] == IMAGE_MODELS[model].guidance_scale
+
+
+def test_same_request_gives_same_pixels(client: TestClient, workspace: Path):
+    body = request_for(Mode.image_to_image, workspace, model="sd1.5")
+    first, second = run(client, body), run(client, body)
+    a = client.get(first["result"]["images"][0]["url"]).content
+    b = client.get(second["result"]["images"][0]["url"]).content
+    assert np.array_equal(np.asarray(decode(a)), np.asarray(decode(b)))
+    other = run(client, body | {"seed": 8})
+    c = client.get(other["result"]["images"][0]["url"]).content
+    assert not np.array_equal(np.asarray(decode(a)), np.asarray(decode(c)))
+
+
+@pytest.mark.parametrize("model", ["sd1.5", "sdxl", "sd3", "flux-schnell"])
+def test_output_equals_a_direct_diffusers_call(
+    client: TestClient, tiny_models: Path, workspace: Path, model: str
+):
+    body = request_for(Mode.text_to_image, workspace, model=model, guidance_scale=3.0)
+    job = run(client, body)
+    served = decode(client.get(job["result"]["images"][0]["url"]).content)
+
+    pipe = AutoPipelineForText2Image.from_pretrained(tiny_models / model)
+    arguments = dict(
+        prompt=body["prompt"],
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        width=64,
+        height=64,
+        generator=torch.Generator("cpu").manual_seed(7),
+    )
+    if model != "flux-schnell":
+        arguments["negative_prompt"] = body["negative_prompt"]
+    direct = pipe(**arguments).images[0]
+    assert np.array_equal(np.asarray(served), np.asarray(direct))
+
+
+def test_inpainting_equals_a_direct_call_and_keeps_unmasked_pixels_with_crop(
+    client: TestClient, tiny_models: Path, workspace: Path
+):
+    body = request_for(Mode.inpainting, workspace, model="sd1.5", max_width=96, max_height=64)
+    job = run(client, body)
+    served = decode(client.get(job["result"]["images"][0]["url"]).content)
+
+    t2i = AutoPipelineForText2Image.from_pretrained(tiny_models / "sd1.5")
+    pipe = AutoPipelineForInpainting.from_pipe(t2i)
+    plate = Image.open(body["input_image_path"]).convert("RGB")
+    mask = Image.open(body["input_mask_path"]).convert("L")
+    direct = pipe(
+        prompt=body["prompt"],
+        negative_prompt=body["negative_prompt"],
+        image=plate,
+        mask_image=mask,
+        strength=0.75,
+        num_inference_steps=2,
+        guidance_scale=7.5,
+        width=96,
+        height=64,
+        generator=torch.Generator("cpu").manual_seed(7),
+    ).images[0]
+    assert np.array_equal(np.asarray(served), np.asarray(direct))
+
+    cropped = run(client, body | {"inpainting_full_image": False})
+    out = np.asarray(decode(client.get(cropped["result"]["images"][0]["url"]).content))
+    assert out.shape == (64, 96, 3)
+    assert not np.array_equal(out, np.asarray(served))
+
+
+def test_image_to_image_direct_call(client: TestClient, tiny_models: Path, workspace: Path):
+    body = request_for(Mode.image_to_image, workspace, model="sdxl-refiner")
+    job = run(client, body)
+    served = decode(client.get(job["result"]["images"][0]["url"]).content)
+    pipe = AutoPipelineForImage2Image.from_pretrained(tiny_models / "sdxl-refiner")
+    plate = Image.open(body["input_image_path"]).convert("RGB").resize((64, 32), Image.LANCZOS)
+    direct = pipe(
+        prompt=body["prompt"],
+        negative_prompt=body["negative_prompt"],
+        image=plate,
+        strength=0.75,
+        num_inference_steps=2,
+        guidance_scale=5.0,
+        generator=torch.Generator("cpu").manual_seed(7),
+    ).images[0]
+    assert np.array_equal(np.asarray(served), np.asarray(direct))
+
+
+def test_default_output_goes_to_the_data_dir(client: TestClient, workspace: Path, tmp_path):
+    job = run(
+        client,
+        request_for(
+            Mode.text_to_image, workspace, model="sd1.5", seed=None, max_width=48, max_height=80
+        ),
+    )
+    [image] = job["result"]["images"]
+    path = Path(image["path"])
+    assert path.is_relative_to(tmp_path / "data" / "outputs" / job["id"])
+    assert (image["width"], image["height"]) == (48, 80)
+    assert image["take_path"] is None
+    seed = job["result"]["seed"]
+    assert job["request"]["seed"] == seed and png_metadata(path)["seed"] == seed
+    assert client.get(image["url"]).content == path.read_bytes()
+
+
+def test_data_url_input(client: TestClient, workspace: Path):
+    import base64
+
+    plate = write_image(workspace / "plate.png", (64, 64))
+    url = "data:image/png;base64," + base64.b64encode(plate.read_bytes()).decode()
+    job = run(
+        client,
+        {
+            "model": "sd1.5",
+            "prompt": "x",
+            "num_inference_steps": 2,
+            "max_width": 64,
+            "max_height": 64,
+            "input_image_path": url,
+        },
+    )
+    assert job["result"]["mode"] == "image_to_image"
+    assert Path(job["request"]["input_image_path"]).is_file()
+
+
+def test_upload_then_use_as_input(client: TestClient, workspace: Path):
+    plate = write_image(workspace / "plate.png", (64, 64))
+    with plate.open("rb") as handle:
+        uploaded = client.post("/api/files", files={"file": ("plate.png", handle, "image/png")})
+    assert uploaded.status_code == 201, uploaded.text
+    path = uploaded.json()["path"]
+    assert Path(path).read_bytes() == plate.read_bytes()
+    job = run(
+        client,
+        {
+            "model": "sd1.5",
+            "num_inference_steps": 2,
+            "max_width": 64,
+            "max_height": 64,
+            "input_image_path": path,
+        },
+    )
+    assert job["result"]["mode"] == "image_to_image"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -105,6 +107,12 @@ def load_settings() -> Settings:
     """Read and validate settings, turning pydantic's report into one readable message."""
     try:
         settings = Settings()
+    except PydanticSettingsError as exc:  # a list/map variable that is not valid JSON
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = f"DD_{match.group(1).upper()}" if match else "a DD_ variable"
+        raise SettingsError(
+            f"invalid settings:\n  {name}: not valid JSON ({exc.__cause__ or exc})"
+        ) from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

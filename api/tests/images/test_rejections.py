@@ -1,0 +1,183 @@
+"""Bad input: a 4xx naming the field at submit, no job created, nothing written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.tests.conftest import files_under, write_image, write_mask
+
+OK = {"model": "sd1.5", "prompt": "x", "num_inference_steps": 2, "max_width": 64, "max_height": 64}
+
+
+def prepare(kind: str, workspace: Path, tmp_path: Path) -> tuple[dict, int, str]:
+    """(request, expected status, expected field) for one kind of bad input."""
+    plate = str(write_image(workspace / "plate.png"))
+    outside = write_image(tmp_path / "outside.png")
+    cases = {
+        "unknown model": ({"model": "sd9"}, 422, "model"),
+        "missing model": ({"model": None}, 422, "model"),
+        "mode the model can't do": ({"model": "sdxl-refiner"}, 422, "model"),
+        "missing input file": (
+            {"input_image_path": str(workspace / "nope.png")},
+            422,
+            "input_image_path",
+        ),
+        "input outside roots": ({"input_image_path": str(outside)}, 403, "input_image_path"),
+        "dotdot escape": (
+            {"input_image_path": f"{workspace}/../outside.png"},
+            403,
+            "input_image_path",
+        ),
+        "symlink escape": (
+            {"input_image_path": str(_link(workspace / "link.png", outside))},
+            403,
+            "input_image_path",
+        ),
+        "relative path": ({"input_image_path": "plate.png"}, 422, "input_image_path"),
+        "not an image": (
+            {"input_image_path": str(_text(workspace / "notes.png"))},
+            422,
+            "input_image_path",
+        ),
+        "mask without image": (
+            {"input_mask_path": str(write_mask(workspace / "m.png"))},
+            422,
+            "input_mask_path",
+        ),
+        "mask outside roots": (
+            {"input_image_path": plate, "input_mask_path": str(outside)},
+            403,
+            "input_mask_path",
+        ),
+        "output outside roots": (
+            {"output_image_path": str(tmp_path / "out.png")},
+            403,
+            "output_image_path",
+        ),
+        "output symlinked folder": (
+            {"output_image_path": str(_link(workspace / "renders", tmp_path) / "out.png")},
+            403,
+            "output_image_path",
+        ),
+        "output wrong type": (
+            {"output_image_path": str(workspace / "out.mov")},
+            422,
+            "output_image_path",
+        ),
+        "output is a folder": (
+            {"output_image_path": str(_folder(workspace / "dir.png"))},
+            422,
+            "output_image_path",
+        ),
+        "negative steps": ({"num_inference_steps": -5}, 422, "num_inference_steps"),
+        "too many steps": ({"num_inference_steps": 100000}, 422, "num_inference_steps"),
+        "huge width": ({"max_width": 100000}, 422, "max_width"),
+        "huge height": ({"max_height": 100000}, 422, "max_height"),
+        "strength above 1": ({"input_image_path": plate, "strength": 1.5}, 422, "strength"),
+        "strength below 0": ({"input_image_path": plate, "strength": -0.1}, 422, "strength"),
+        "strength leaving no step": ({"input_image_path": plate, "strength": 0.1}, 422, "strength"),
+        "wrong type": ({"guidance_scale": "lots"}, 422, "guidance_scale"),
+        "unsupported field": ({"controlnets": [{"model": "depth"}]}, 422, "controlnets"),
+        "bad data url": (
+            {"input_image_path": "data:image/png;base64,@@@"},
+            422,
+            "input_image_path",
+        ),
+    }
+    changes, status, field = cases[kind]
+    return {k: v for k, v in (OK | changes).items() if v is not None}, status, field
+
+
+def _link(path: Path, target: Path) -> Path:
+    os.symlink(target, path)
+    return path
+
+
+def _text(path: Path) -> Path:
+    path.write_text("not a picture")
+    return path
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+KINDS = [
+    "unknown model",
+    "missing model",
+    "mode the model can't do",
+    "missing input file",
+    "input outside roots",
+    "dotdot escape",
+    "symlink escape",
+    "relative path",
+    "not an image",
+    "mask without image",
+    "mask outside roots",
+    "output outside roots",
+    "output symlinked folder",
+    "output wrong type",
+    "output is a folder",
+    "negative steps",
+    "too many steps",
+    "huge width",
+    "huge height",
+    "strength above 1",
+    "strength below 0",
+    "strength leaving no step",
+    "wrong type",
+    "unsupported field",
+    "bad data url",
+]
+
+
+def assert_nothing_happened(client: TestClient, tmp_path: Path, before: list[Path]) -> None:
+    assert client.get("/api/jobs").json() == []
+    assert files_under(tmp_path / "data" / "outputs") == []
+    assert files_under(tmp_path / "data" / "uploads") == []
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rejected_at_submit(client: TestClient, workspace: Path, tmp_path: Path, kind: str):
+    body, status, field = prepare(kind, workspace, tmp_path)
+    before = files_under(tmp_path)
+    response = client.post("/api/images?wait=5", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field
+    assert field.split(".")[0] in error["message"] or kind in ("unsupported field",)
+    assert error["type"] in ("invalid_field", "forbidden")
+    assert_nothing_happened(client, tmp_path, before)
+
+
+def test_malformed_json(client: TestClient, tmp_path: Path):
+    before = files_under(tmp_path)
+    response = client.post(
+        "/api/images", content=b'{"model": "sd1.5",', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["field"] == "body" and "JSON" in error["message"]
+    assert_nothing_happened(client, tmp_path, before)
+
+
+def test_wait_out_of_range(client: TestClient, tmp_path: Path):
+    before = files_under(tmp_path)
+    response = client.post("/api/images?wait=601", json=OK)
+    assert response.status_code == 422 and response.json()["error"]["field"] == "wait"
+    assert_nothing_happened(client, tmp_path, before)
+
+
+def test_upload_rejections(client: TestClient, tmp_path: Path):
+    before = files_under(tmp_path)
+    bad_type = client.post("/api/files", files={"file": ("a.txt", b"hello", "text/plain")})
+    assert bad_type.status_code == 422 and bad_type.json()["error"]["field"] == "file"
+    broken = client.post("/api/files", files={"file": ("a.png", b"not png", "image/png")})
+    assert broken.status_code == 422 and broken.json()["error"]["field"] == "file"
+    assert_nothing_happened(client, tmp_path, before)

@@ -44,6 +44,12 @@ def decode_data_url(value: str, field: str) -> tuple[bytes, str]:
     return data, suffix
 
 
+def decode_image_bytes(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.copy()
+
+
 def check_image_bytes(data: bytes, field: str) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:

@@ -78,6 +78,8 @@ class ImageOutput(BaseModel):
     width: int
     height: int
     take_path: str | None = None
+    label: str | None = None  # segmentation: what this mask is of
+    score: float | None = None  # segmentation: detection confidence
 
 
 class ImageResult(BaseModel):

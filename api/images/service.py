@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import time
+from pathlib import Path
 from typing import Any
 
 from api import __version__
@@ -12,11 +15,14 @@ from api.common.jobs.schemas import Job
 from api.common.media import encode_image
 from api.common.models import find_weights, require_weights
 from api.common.services import Services
-from api.images.context import build_context, validate_request
-from api.images.registry import IMAGE_MODELS
+from api.images.context import ImageContext, Picture, Runtime, build_context, validate_request
+from api.images.registry import DIFFUSION_FAMILIES, IMAGE_MODELS
 from api.images.schemas import ImageOutput, ImageRequest, ImageResult
 
 __all__ = ["describe_models", "run_image_job", "validate_request"]
+
+# Family → module under api/images/models/ with ``generate(ctx, runtime)``.
+FAMILY_MODULES = dict.fromkeys(DIFFUSION_FAMILIES, "diffusion")
 
 
 def describe_models(services: Services) -> list[dict[str, Any]]:
@@ -24,15 +30,18 @@ def describe_models(services: Services) -> list[dict[str, Any]]:
     loaded = services.loaded_models()
     described = []
     for model in IMAGE_MODELS.values():
-        weights = find_weights(
-            model.name, model.repo, services.models_dir, services.settings.allow_downloads
-        )
+        weights = None
+        if not model.external:
+            weights = find_weights(
+                model.name, model.repo, services.models_dir, services.settings.allow_downloads
+            )
         described.append(
             {
                 "name": model.name,
                 "domain": "images",
                 "family": model.family,
                 "modes": sorted(model.modes),
+                "external": model.external,
                 "defaults": {
                     "width": model.width,
                     "height": model.height,
@@ -42,7 +51,7 @@ def describe_models(services: Services) -> list[dict[str, Any]]:
                 "weights": {
                     "repo": model.repo,
                     "source": weights.source if weights else None,
-                    "present": bool(weights and weights.source != "download"),
+                    "present": model.external or bool(weights and weights.source != "download"),
                     "tiny": bool(weights and weights.tiny),
                 },
                 "loaded_on": loaded.get(model.name, []),
@@ -52,49 +61,69 @@ def describe_models(services: Services) -> list[dict[str, Any]]:
 
 
 def run_image_job(services: Services, job: Job, context: JobContext) -> dict[str, Any]:
-    """Generate the image a job asks for and write it where the request says."""
-    from api.images.models import diffusion  # torch and diffusers load with the first job
-
+    """Run the model a job asks for and write its outputs where the request says."""
     request = ImageRequest.model_validate(job.request)
     image_context = build_context(request, services)
-    model = image_context.model
-    weights = require_weights(
-        model.name, model.repo, services.models_dir, services.settings.allow_downloads
+    module = importlib.import_module(
+        f"api.images.models.{FAMILY_MODULES[image_context.model.family]}"
+    )  # torch, diffusers and transformers load with the first job
+    runtime = Runtime(
+        device=context.device,
+        cache=services.model_cache(context.device),
+        progress=context.progress,
+        find=functools.partial(
+            _require_weights, services.models_dir, services.settings.allow_downloads
+        ),
     )
-    image, timings = diffusion.generate(
-        image_context,
-        weights,
-        context.device,
-        services.model_cache(context.device),
-        context.progress,
-    )
+    pictures, timings = module.generate(image_context, runtime)
     context.check_cancelled()  # cancelled during the last step: write nothing
 
     started = time.perf_counter()
-    path = image_context.output_path
-    keep_take = path is not None
-    if path is None:
-        path = services.data_dir / "outputs" / job.id / f"{model.name}_{image_context.seed}.png"
-    metadata = image_context.metadata(weights.tiny) | {
+    outputs = write_pictures(services, job, image_context, pictures, runtime.tiny)
+    timings["write_s"] = time.perf_counter() - started
+    result = ImageResult(
+        images=outputs,
+        seed=image_context.seed,
+        mode=image_context.mode,
+        tiny_weights=runtime.tiny,
+        timings={name: round(value, 4) for name, value in timings.items()},
+    )
+    return result.model_dump(mode="json", exclude_none=False)
+
+
+def _require_weights(models_dir: Path, allow_downloads: bool, name: str, repo: str):
+    return require_weights(name, repo, models_dir, allow_downloads)
+
+
+def write_pictures(
+    services: Services, job: Job, ctx: ImageContext, pictures: list[Picture], tiny: bool
+) -> list[ImageOutput]:
+    """Write each picture (atomically, with its take when the client named the path)."""
+    base = ctx.output_path
+    keep_take = base is not None
+    if base is None:
+        base = services.data_dir / "outputs" / job.id / f"{ctx.model.name}_{ctx.seed}.png"
+    metadata = ctx.metadata(tiny) | {
         "job_id": job.id,
         "software": f"deferred-diffusion {__version__}",
     }
-    take = write_output(path, encode_image(image, path.suffix, metadata), keep_take)
-    timings["write_s"] = time.perf_counter() - started
-
     to_client = services.paths.to_client
-    output = ImageOutput(
-        path=to_client(path),
-        url=f"/api/files/{job.id}/{path.name}",
-        width=image.width,
-        height=image.height,
-        take_path=to_client(take) if take else None,
-    )
-    result = ImageResult(
-        images=[output],
-        seed=image_context.seed,
-        mode=image_context.mode,
-        tiny_weights=weights.tiny,
-        timings={name: round(value, 4) for name, value in timings.items()},
-    )
-    return result.model_dump(mode="json")
+    outputs = []
+    for picture in pictures:
+        path = base.with_name(f"{base.stem}_{picture.name}{base.suffix}") if picture.name else base
+        extra = {"label": picture.label, "score": picture.score} if picture.name else {}
+        take = write_output(
+            path, encode_image(picture.image, path.suffix, metadata | extra), keep_take
+        )
+        outputs.append(
+            ImageOutput(
+                path=to_client(path),
+                url=f"/api/files/{job.id}/{path.name}",
+                width=picture.image.width,
+                height=picture.image.height,
+                take_path=to_client(take) if take else None,
+                label=picture.label,
+                score=picture.score,
+            )
+        )
+    return outputs

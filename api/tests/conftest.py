@@ -19,6 +19,19 @@ from api.main import create_app
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests run only where CUDA is; ``real_weights`` ones only with DD_REAL_MODELS_DIR."""
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    no_weights = pytest.mark.skip(reason="needs real checkpoints in DD_REAL_MODELS_DIR")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "real_weights" in item.keywords and not os.environ.get("DD_REAL_MODELS_DIR"):
+            item.add_marker(no_weights)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every tiny model, written once by the same code as ``python -m api tiny-models``."""

@@ -17,10 +17,9 @@ from diffusers import (
     AutoPipelineForText2Image,
     DiffusionPipeline,
 )
-from PIL import Image
 
-from api.common.models import ModelCache, Weights, folder_size
-from api.images.context import ImageContext
+from api.common.models import Weights, folder_size
+from api.images.context import ImageContext, Picture, Runtime
 from api.images.registry import ImageModel, Mode
 
 AUTO_PIPELINES = {
@@ -102,13 +101,13 @@ def _call_arguments(ctx: ImageContext, pipe: DiffusionPipeline, progress: Progre
     return {name: value for name, value in arguments.items() if name in accepted}
 
 
-def generate(
-    ctx: ImageContext, weights: Weights, device: str, cache: ModelCache, progress: Progress
-) -> tuple[Image.Image, dict[str, float]]:
+def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[str, float]]:
     """Run the request's mode on its model; returns the image and the load/run timings."""
     started = time.perf_counter()
+    device = runtime.device
+    weights = runtime.weights(ctx.model.name, ctx.model.repo)
     low_vram = ctx.request.optimize_low_vram and device.startswith("cuda")
-    loaded = cache.get(
+    loaded = runtime.cache.get(
         (ctx.model.name, low_vram),
         lambda: load_model(ctx.model, weights, device, low_vram),
         needed_bytes=0 if low_vram else folder_size(weights.location),
@@ -116,7 +115,7 @@ def generate(
     )
     pipe = loaded.pipeline(ctx.mode)
     loaded_at = time.perf_counter()
-    output = pipe(**_call_arguments(ctx, pipe, progress))
+    output = pipe(**_call_arguments(ctx, pipe, runtime.progress))
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "inference_s": finished - loaded_at}
-    return output.images[0], timings
+    return [Picture(output.images[0])], timings

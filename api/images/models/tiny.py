@@ -15,6 +15,7 @@ import string
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -433,7 +434,24 @@ def _flux_schnell(model: str) -> DiffusionPipeline:
     )
 
 
-_BUILDERS: dict[str, Callable[[str], DiffusionPipeline]] = {
+# Builds a model's files into the given (empty) folder.
+Builder = Callable[[str, Path], None]
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    imitates: str  # the real repo id
+    build: Builder
+
+
+def _saved_pipeline(make: Callable[[str], DiffusionPipeline]) -> Builder:
+    def build(name: str, folder: Path) -> None:
+        make(name).save_pretrained(folder, safe_serialization=True)
+
+    return build
+
+
+_PIPELINE_BUILDERS: dict[str, Callable[[str], DiffusionPipeline]] = {
     "sd1.5": _stable_diffusion,
     "sdxl": _stable_diffusion_xl,
     "sdxl-refiner": _stable_diffusion_xl_refiner,
@@ -445,12 +463,24 @@ _BUILDERS: dict[str, Callable[[str], DiffusionPipeline]] = {
 }
 
 
+def tiny_models() -> dict[str, TinyModel]:
+    """Every tiny model: the diffusion pipelines here, plus the builders that other modules
+    add (ControlNets and IP-Adapters in tiny_adapters, task models in tiny_tasks)."""
+    from api.images.models import tiny_adapters, tiny_tasks
+
+    models = {
+        name: TinyModel(TINY_IMAGE_MODELS[name], _saved_pipeline(make))
+        for name, make in _PIPELINE_BUILDERS.items()
+    }
+    return models | tiny_adapters.TINY_MODELS | tiny_tasks.TINY_MODELS
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_model(models_dir: Path, name: str) -> None:
+def _write_model(models_dir: Path, name: str, model: TinyModel) -> None:
     """Build into a temporary folder beside the target, then swap it into place."""
     target = models_dir / name
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=models_dir))
@@ -458,11 +488,10 @@ def _write_model(models_dir: Path, name: str) -> None:
     try:
         # Builders seed torch's global generator; keep the caller's random state untouched.
         with torch.random.fork_rng(devices=[]):
-            pipeline = _BUILDERS[name](name)
-        pipeline.save_pretrained(staging, safe_serialization=True)
+            model.build(name, staging)
         marker = {
             "built_by": "deferred-diffusion tiny-models",
-            "imitates": TINY_IMAGE_MODELS[name],
+            "imitates": model.imitates,
             "model": name,
             "tiny": True,
         }
@@ -481,14 +510,15 @@ def _write_model(models_dir: Path, name: str) -> None:
 def build_tiny_image_models(models_dir: Path, names: Iterable[str] | None = None) -> list[str]:
     """Write a tiny random-weight copy of each named image model into models_dir/<name>/.
 
-    ``names`` defaults to every key of ``TINY_IMAGE_MODELS``. Returns the names written.
+    ``names`` defaults to every tiny model (``tiny_models()``). Returns the names written.
     """
-    selected = list(TINY_IMAGE_MODELS if names is None else names)
-    unknown = [name for name in selected if name not in TINY_IMAGE_MODELS]
+    known = tiny_models()
+    selected = list(known if names is None else names)
+    unknown = [name for name in selected if name not in known]
     if unknown:
-        raise ValueError(f"unknown tiny image models: {unknown}; known: {list(TINY_IMAGE_MODELS)}")
+        raise ValueError(f"unknown tiny image models: {unknown}; known: {list(known)}")
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     for name in selected:
-        _write_model(models_dir, name)
+        _write_model(models_dir, name, known[name])
     return selected

@@ -82,6 +82,16 @@ def prepare(kind: str, workspace: Path, tmp_path: Path) -> tuple[dict, int, str]
         "strength leaving no step": ({"input_image_path": plate, "strength": 0.1}, 422, "strength"),
         "wrong type": ({"guidance_scale": "lots"}, 422, "guidance_scale"),
         "unsupported field": ({"controlnets": [{"model": "depth"}]}, 422, "controlnets"),
+        "data url then a bad field": (
+            {"input_image_path": _data_url(workspace / "d.png"), "strength": 0.01},
+            422,
+            "strength",
+        ),
+        "all-black mask": (
+            {"input_image_path": plate, "input_mask_path": str(_black(workspace / "b.png"))},
+            422,
+            "input_mask_path",
+        ),
         "bad data url": (
             {"input_image_path": "data:image/png;base64,@@@"},
             422,
@@ -94,6 +104,21 @@ def prepare(kind: str, workspace: Path, tmp_path: Path) -> tuple[dict, int, str]
 
 def _link(path: Path, target: Path) -> Path:
     os.symlink(target, path)
+    return path
+
+
+def _data_url(path: Path) -> str:
+    import base64
+
+    data = write_image(path).read_bytes()
+    path.unlink()
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _black(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("L", (64, 64), 0).save(path)
     return path
 
 
@@ -133,6 +158,8 @@ KINDS = [
     "wrong type",
     "unsupported field",
     "bad data url",
+    "data url then a bad field",
+    "all-black mask",
 ]
 
 

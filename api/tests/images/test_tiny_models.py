@@ -15,7 +15,12 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import AutoTokenizer, CLIPTokenizer, T5Tokenizer
 
-from api.images.models.tiny import TINY_IMAGE_MODELS, TINY_MARKER, build_tiny_image_models
+from api.images.models.tiny import (
+    TINY_IMAGE_MODELS,
+    TINY_MARKER,
+    build_tiny_image_models,
+    tiny_models,
+)
 
 PROMPT = "a photo of a cat"
 
@@ -75,7 +80,7 @@ def _load(folder: Path, name: str) -> DiffusionPipeline:
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-models")
-    assert build_tiny_image_models(folder) == list(TINY_IMAGE_MODELS)
+    assert build_tiny_image_models(folder) == list(tiny_models())
     return folder
 
 
@@ -93,7 +98,7 @@ def mask_image() -> Image.Image:
 
 
 def test_layout_and_size(models_dir: Path) -> None:
-    assert sorted(p.name for p in models_dir.iterdir()) == sorted(TINY_IMAGE_MODELS)
+    assert sorted(p.name for p in models_dir.iterdir()) == sorted(tiny_models())
     for name, repo in TINY_IMAGE_MODELS.items():
         folder = models_dir / name
         model_index = json.loads((folder / "model_index.json").read_text())
@@ -118,7 +123,7 @@ def test_build_is_deterministic_and_replaces(models_dir: Path, tmp_path: Path) -
     stale.parent.mkdir()
     stale.write_text("left over from an earlier build")
     build_tiny_image_models(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(TINY_IMAGE_MODELS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(tiny_models())
     assert _file_hashes(tmp_path) == _file_hashes(models_dir)
 
 

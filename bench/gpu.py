@@ -1,0 +1,360 @@
+"""Speed on one NVIDIA GPU: plain diffusers vs. the same requests through the server.
+
+Full-size SDXL and FLUX.1-schnell (real architectures, random weights; bench/full_models.py)
+are written into a models dir, then, in one run on one card:
+
+  (a) plain diffusers as a user writes it: fp16/bf16, SDPA, pipeline resident on the GPU,
+      output_type="pil", saved as PNG — SDXL 1024², 30 steps, CFG 5; FLUX.1-schnell 1024², 4 steps
+  (b) the same requests end to end through a real `python -m api serve` (submit with wait →
+      PNG on disk), warm
+  (c) the first request after start (load + compilation), and a model switch
+      sdxl → flux → sdxl with one model resident (weights in the page cache)
+  (d) the FLOP floor (torch.utils.flop_counter) against the measured bf16 matmul rate
+
+    python bench/gpu.py --models-dir /tmp/dd-models --out bench/results [--runs 5]
+
+Writes <out>/<date>-<card>.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import full_models  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "a lighthouse on a cliff at dusk, volumetric fog, cinematic lighting, 35mm film"
+NEGATIVE = "blurry, low quality"
+CASES = {
+    "sdxl": {"steps": 30, "guidance_scale": 5.0, "dtype": torch.float16},
+    "flux-schnell": {"steps": 4, "guidance_scale": 0.0, "dtype": torch.bfloat16},
+}
+SIZE = 1024
+
+
+def log(*parts: object) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}]", *parts, flush=True)
+
+
+def matmul_tflops() -> float:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * 20 / (start.elapsed_time(end) / 1000) / 1e12
+
+
+def flops_of(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops()
+
+
+def flop_floor(pipe, name: str) -> dict[str, float]:
+    """TFLOP of one denoiser step (with CFG for SDXL) and of the VAE decode at 1024²."""
+    device, dtype = "cuda", CASES[name]["dtype"]
+    latent = SIZE // 8
+    if name == "sdxl":
+        unet = pipe.unet
+        sample = torch.randn(2, 4, latent, latent, device=device, dtype=dtype)
+        text = torch.randn(2, 77, 2048, device=device, dtype=dtype)
+        added = {
+            "text_embeds": torch.randn(2, 1280, device=device, dtype=dtype),
+            "time_ids": torch.randn(2, 6, device=device, dtype=dtype),
+        }
+        step = flops_of(lambda: unet(sample, 500, text, added_cond_kwargs=added))
+        vae_latent = torch.randn(1, 4, latent, latent, device=device, dtype=dtype)
+    else:
+        tokens = (latent // 2) ** 2
+        transformer = pipe.transformer
+        hidden = torch.randn(1, tokens, 64, device=device, dtype=dtype)
+        text = torch.randn(1, 256, 4096, device=device, dtype=dtype)
+        pooled = torch.randn(1, 768, device=device, dtype=dtype)
+        img_ids = torch.zeros(tokens, 3, device=device, dtype=dtype)
+        txt_ids = torch.zeros(256, 3, device=device, dtype=dtype)
+        timestep = torch.tensor([1.0], device=device, dtype=dtype)
+        step = flops_of(
+            lambda: transformer(
+                hidden_states=hidden,
+                encoder_hidden_states=text,
+                pooled_projections=pooled,
+                timestep=timestep,
+                img_ids=img_ids,
+                txt_ids=txt_ids,
+            )
+        )
+        vae_latent = torch.randn(1, 16, latent, latent, device=device, dtype=dtype)
+    decode = flops_of(lambda: pipe.vae.decode(vae_latent))
+    steps = CASES[name]["steps"]
+    return {
+        "step_tflop": step / 1e12,
+        "vae_decode_tflop": decode / 1e12,
+        "request_tflop": (step * steps + decode) / 1e12,
+    }
+
+
+def plain_diffusers(models_dir: Path, name: str, runs: int, out: Path) -> dict:
+    """(a): the pipeline as a user writes it, resident on the GPU, each image saved as PNG."""
+    from diffusers import AutoPipelineForText2Image
+
+    case = CASES[name]
+    started = time.perf_counter()
+    pipe = AutoPipelineForText2Image.from_pretrained(
+        models_dir / name, torch_dtype=case["dtype"]
+    ).to("cuda")
+    pipe.set_progress_bar_config(disable=True)
+    load_s = time.perf_counter() - started
+    arguments = {
+        "prompt": PROMPT,
+        "num_inference_steps": case["steps"],
+        "guidance_scale": case["guidance_scale"],
+        "width": SIZE,
+        "height": SIZE,
+    }
+    if name == "sdxl":
+        arguments["negative_prompt"] = NEGATIVE
+
+    def one(seed: int) -> float:
+        t0 = time.perf_counter()
+        image = pipe(**arguments, generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        image.save(out / f"plain-{name}-{seed}.png")
+        return time.perf_counter() - t0
+
+    one(0)  # warm-up
+    times = [one(seed) for seed in range(1, runs + 1)]
+    floor = flop_floor(pipe, name)
+    return {"load_s": load_s, "times_s": times, "median_s": statistics.median(times), **floor}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A real `python -m api serve` process."""
+
+    def __init__(self, models_dir: Path, data_dir: Path, out: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.out = out
+        self.env = os.environ | {
+            "DD_PORT": str(self.port),
+            "DD_DATA_DIR": str(data_dir),
+            "DD_MODELS_DIR": str(models_dir),
+            "DD_ALLOWED_ROOTS": json.dumps([str(out)]),
+            "DD_DEVICE": "cuda",
+            "DD_ALLOW_DOWNLOADS": "false",
+            "HF_HUB_OFFLINE": "1",
+            "DD_LOG_LEVEL": "warning",
+            **env,
+        }
+        self.log = (out / f"server-{self.port}.log").open("w")
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "api", "serve"],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        import httpx
+
+        self.http = httpx.Client(base_url=self.url, timeout=900)
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError("server died; see its log")
+            try:
+                if self.http.get("/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.start_s = time.perf_counter() - started
+
+    def generate(self, name: str, seed: int, tag: str = "") -> float:
+        case = CASES[name]
+        body = {
+            "model": name,
+            "prompt": PROMPT,
+            "num_inference_steps": case["steps"],
+            "guidance_scale": case["guidance_scale"],
+            "max_width": SIZE,
+            "max_height": SIZE,
+            "seed": seed,
+            "output_image_path": str(self.out / f"api-{name}-{seed}{tag}.png"),
+        }
+        if name == "sdxl":
+            body["negative_prompt"] = NEGATIVE
+        t0 = time.perf_counter()
+        job = self.http.post("/api/images?wait=600", json=body).json()
+        elapsed = time.perf_counter() - t0
+        if job.get("status") != "succeeded":
+            raise RuntimeError(f"job did not succeed: {job}")
+        return elapsed
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def through_server(models_dir: Path, data_dir: Path, out: Path, runs: int, env: dict) -> dict:
+    """(b) warm requests and (c) the first request of each model after start."""
+    server = Server(models_dir, data_dir, out, **env)
+    result: dict = {"start_s": server.start_s}
+    try:
+        for name in CASES:
+            first = server.generate(name, 0)
+            times = [server.generate(name, seed) for seed in range(1, runs + 1)]
+            server.generate(name, 1, tag="-again")
+            result[name] = {
+                "first_request_s": first,
+                "times_s": times,
+                "median_s": statistics.median(times),
+                "same_seed_same_pixels": same_pixels(
+                    out / f"api-{name}-1.png", out / f"api-{name}-1-again.png"
+                ),
+            }
+        health = server.http.get("/health").json()
+        result["health"] = health
+    finally:
+        server.stop()
+    return result
+
+
+def model_switch(models_dir: Path, data_dir: Path, out: Path, env: dict) -> dict:
+    """(c) sdxl → flux → sdxl with one model resident: each request loads from page cache."""
+    server = Server(models_dir, data_dir, out, DD_MAX_LOADED_MODELS="1", **env)
+    try:
+        order = ["sdxl", "flux-schnell", "sdxl"]
+        return {
+            "start_s": server.start_s,
+            "requests_s": [[name, server.generate(name, 100 + i)] for i, name in enumerate(order)],
+        }
+    finally:
+        server.stop()
+
+
+def same_pixels(a: Path, b: Path) -> bool:
+    import numpy as np
+    from PIL import Image
+
+    return np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=Path("/tmp/dd-models"))
+    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/dd-data"))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--images", type=Path, default=Path("/tmp/dd-images"))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--switch", action="store_true", help="also time a model switch")
+    parser.add_argument("--server-env", default="{}", help="JSON of extra DD_ settings")
+    args = parser.parse_args()
+    args.images.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = json.loads(args.server_env)
+
+    import diffusers
+    import transformers
+
+    card = torch.cuda.get_device_name(0)
+    report: dict = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": card,
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "cuda": torch.version.cuda,
+        },
+        "server_env": env,
+        "parameters_billion": full_models.parameter_counts(),
+    }
+    slug = card.replace("NVIDIA ", "").replace(" ", "-").lower()
+    path = args.out / f"{report['date'][:10]}-{slug}.json"
+
+    def save() -> None:  # after every stage, so a run cut short still leaves its figures
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
+    log("building models")
+    report["build_s"] = full_models.build(args.models_dir, list(CASES))
+    report["bf16_matmul_tflops"] = matmul_tflops()
+    save()
+    log("plain diffusers")
+    report["plain"] = {}
+    for name in CASES:
+        report["plain"][name] = plain_diffusers(args.models_dir, name, args.runs, args.images)
+        gc.collect()
+        torch.cuda.empty_cache()  # the pipeline is gone with the call: free the card
+        save()
+    log("through the server")
+    report["api"] = through_server(args.models_dir, args.data_dir, args.images, args.runs, env)
+    save()
+    if args.switch:
+        log("model switch")
+        report["switch"] = model_switch(args.models_dir, args.data_dir, args.images, env)
+
+    rate = report["bf16_matmul_tflops"]
+    for name in CASES:
+        plain, api = report["plain"][name], report["api"][name]
+        key = "sdxl" if name == "sdxl" else "flux_schnell"
+        report[f"{key}_ratio_api_vs_plain"] = api["median_s"] / plain["median_s"]
+        report[f"{key}_floor_s"] = plain["request_tflop"] / rate
+        report[f"{key}_api_achieved_tflops"] = plain["request_tflop"] / api["median_s"]
+        report[f"{key}_plain_achieved_tflops"] = plain["request_tflop"] / plain["median_s"]
+    save()
+    print_table(report)
+    log("wrote", path)
+
+
+def print_table(report: dict) -> None:
+    print(
+        f"\n{report['device']}, torch {report['versions']['torch']}, "
+        f"diffusers {report['versions']['diffusers']}, bf16 matmul "
+        f"{report['bf16_matmul_tflops']:.0f} TFLOP/s"
+    )
+    print("| model | plain (a) s | api (b) s | ratio b/a | first request s | FLOP floor s |")
+    print("|---|---|---|---|---|---|")
+    for name in CASES:
+        key = "sdxl" if name == "sdxl" else "flux_schnell"
+        plain, api = report["plain"][name], report["api"][name]
+        print(
+            f"| {name} | {plain['median_s']:.3f} | {api['median_s']:.3f} | "
+            f"{report[f'{key}_ratio_api_vs_plain']:.3f} | {api['first_request_s']:.1f} | "
+            f"{report[f'{key}_floor_s']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,9 @@ def serve(_: argparse.Namespace) -> int:
 
     try:
         settings = load_settings()
+        # torch.compile keeps what it builds here, so a restart does not compile again.
+        cache = settings.compile_cache_dir or settings.resolved_data_dir / "compile-cache"
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
         from api.main import create_app
 
         app = create_app(settings)

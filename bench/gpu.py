@@ -216,6 +216,7 @@ class Server:
         elapsed = time.perf_counter() - t0
         if job.get("status") != "succeeded":
             raise RuntimeError(f"job did not succeed: {job}")
+        self.last_timings = job["result"]["timings"]
         return elapsed
 
     def stop(self) -> None:
@@ -236,6 +237,7 @@ def through_server(models_dir: Path, data_dir: Path, out: Path, runs: int, env: 
             times = [server.generate(name, seed) for seed in range(1, runs + 1)]
             server.generate(name, 1, tag="-again")
             result[name] = {
+                "server_timings_s": server.last_timings,
                 "first_request_s": first,
                 "times_s": times,
                 "median_s": statistics.median(times),
@@ -248,6 +250,18 @@ def through_server(models_dir: Path, data_dir: Path, out: Path, runs: int, env: 
     finally:
         server.stop()
     return result
+
+
+def restart(models_dir: Path, data_dir: Path, out: Path, env: dict) -> dict:
+    """(c) the first request of each model after a restart (compile cache on disk warm)."""
+    server = Server(models_dir, data_dir, out, **env)
+    try:
+        return {
+            "start_s": server.start_s,
+            "first_request_s": {name: server.generate(name, 200) for name in CASES},
+        }
+    finally:
+        server.stop()
 
 
 def model_switch(models_dir: Path, data_dir: Path, out: Path, env: dict) -> dict:
@@ -278,11 +292,16 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=Path("/tmp/dd-images"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--switch", action="store_true", help="also time a model switch")
-    parser.add_argument("--server-env", default="{}", help="JSON of extra DD_ settings")
+    parser.add_argument(
+        "--configs",
+        default='{"default": {}}',
+        help="JSON: server configuration name → extra DD_ settings; each is timed in turn "
+        "(the ratios use the one named default)",
+    )
     args = parser.parse_args()
     args.images.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = json.loads(args.server_env)
+    configs = json.loads(args.configs)
 
     import diffusers
     import transformers
@@ -298,7 +317,7 @@ def main() -> None:
             "python": platform.python_version(),
             "cuda": torch.version.cuda,
         },
-        "server_env": env,
+        "server_configs": configs,
         "parameters_billion": full_models.parameter_counts(),
     }
     slug = card.replace("NVIDIA ", "").replace(" ", "-").lower()
@@ -318,16 +337,31 @@ def main() -> None:
         gc.collect()
         torch.cuda.empty_cache()  # the pipeline is gone with the call: free the card
         save()
-    log("through the server")
-    report["api"] = through_server(args.models_dir, args.data_dir, args.images, args.runs, env)
-    save()
+    report["api"] = {}
+    for config, env in configs.items():
+        log("through the server:", config)
+        data_dir = args.data_dir / config  # its own compile cache: each config starts cold
+        report["api"][config] = through_server(
+            args.models_dir, data_dir, args.images, args.runs, env
+        )
+        save()
+    if "default" in configs:
+        log("restart")
+        report["restart"] = restart(
+            args.models_dir, args.data_dir / "default", args.images, configs["default"]
+        )
+        save()
     if args.switch:
         log("model switch")
-        report["switch"] = model_switch(args.models_dir, args.data_dir, args.images, env)
+        default = configs.get("default", {})
+        report["switch"] = model_switch(
+            args.models_dir, args.data_dir / "default", args.images, default
+        )
 
     rate = report["bf16_matmul_tflops"]
+    chosen = "default" if "default" in report["api"] else next(iter(report["api"]))
     for name in CASES:
-        plain, api = report["plain"][name], report["api"][name]
+        plain, api = report["plain"][name], report["api"][chosen][name]
         key = "sdxl" if name == "sdxl" else "flux_schnell"
         report[f"{key}_ratio_api_vs_plain"] = api["median_s"] / plain["median_s"]
         report[f"{key}_floor_s"] = plain["request_tflop"] / rate
@@ -339,21 +373,23 @@ def main() -> None:
 
 
 def print_table(report: dict) -> None:
+    versions = report["versions"]
     print(
-        f"\n{report['device']}, torch {report['versions']['torch']}, "
-        f"diffusers {report['versions']['diffusers']}, bf16 matmul "
-        f"{report['bf16_matmul_tflops']:.0f} TFLOP/s"
+        f"\n{report['device']}, torch {versions['torch']}, diffusers {versions['diffusers']}, "
+        f"bf16 matmul {report['bf16_matmul_tflops']:.0f} TFLOP/s"
     )
-    print("| model | plain (a) s | api (b) s | ratio b/a | first request s | FLOP floor s |")
-    print("|---|---|---|---|---|---|")
+    print("| model | server config | plain (a) s | api (b) s | b/a | first request s | floor s |")
+    print("|---|---|---|---|---|---|---|")
     for name in CASES:
         key = "sdxl" if name == "sdxl" else "flux_schnell"
-        plain, api = report["plain"][name], report["api"][name]
-        print(
-            f"| {name} | {plain['median_s']:.3f} | {api['median_s']:.3f} | "
-            f"{report[f'{key}_ratio_api_vs_plain']:.3f} | {api['first_request_s']:.1f} | "
-            f"{report[f'{key}_floor_s']:.3f} |"
-        )
+        plain = report["plain"][name]
+        for config, runs in report["api"].items():
+            api = runs[name]
+            print(
+                f"| {name} | {config} | {plain['median_s']:.3f} | {api['median_s']:.3f} | "
+                f"{api['median_s'] / plain['median_s']:.3f} | {api['first_request_s']:.1f} | "
+                f"{report[f'{key}_floor_s']:.3f} |"
+            )
 
 
 if __name__ == "__main__":

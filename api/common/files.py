@@ -15,8 +15,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -32,9 +30,18 @@ def take_path(path: Path, when: datetime | None = None) -> Path:
 
 
 def write_output(path: Path, data: bytes, keep_take: bool = True) -> Path | None:
-    """Write an output and, when ``keep_take``, its timestamped take; returns the take's path."""
-    take = take_path(path) if keep_take else None
-    if take is not None:
-        atomic_write(take, data)
+    """Write an output and, when ``keep_take``, its timestamped take; returns the take's path.
+
+    The take is a hard link to the output's file where the filesystem allows (no second
+    copy; a later output replaces the path with a new file, so the take keeps its bytes).
+    """
     atomic_write(path, data)
+    if not keep_take:
+        return None
+    take = take_path(path)
+    take.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(path, take)
+    except OSError:  # no hard links here (another filesystem, some network shares)
+        atomic_write(take, data)
     return take

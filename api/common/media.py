@@ -1,4 +1,4 @@
-"""Reading input images and encoding outputs (PNG with generation metadata)."""
+"""Reading input images and encoding outputs (PNG with generation metadata, float EXR)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from api.common.errors import InvalidField
+from api.common.png import COLOUR_TYPES, encode_png
 
 IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_KEY = "deferred-diffusion"
@@ -63,11 +64,17 @@ def encode_image(image: Image.Image, suffix: str, metadata: dict[str, Any]) -> b
     buffer = io.BytesIO()
     suffix = suffix.lower()
     if suffix == ".png":
-        info = PngImagePlugin.PngInfo()
-        for key, value in metadata.items():
-            if value is not None:
-                info.add_text(key, value if isinstance(value, str) else json.dumps(value))
-        info.add_text(METADATA_KEY, json.dumps(metadata, sort_keys=True))
+        text = {
+            key: value if isinstance(value, str) else json.dumps(value)
+            for key, value in metadata.items()
+            if value is not None
+        }
+        text[METADATA_KEY] = json.dumps(metadata, sort_keys=True)
+        if image.mode in COLOUR_TYPES:
+            return encode_png(image, text)
+        info = PngImagePlugin.PngInfo()  # other modes (16-bit...): PIL's encoder
+        for key, value in text.items():
+            info.add_text(key, value)
         image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
     elif suffix in (".jpg", ".jpeg"):
         exif = Image.Exif()
@@ -79,4 +86,33 @@ def encode_image(image: Image.Image, suffix: str, metadata: dict[str, Any]) -> b
         image.save(buffer, format="WEBP", quality=95, exif=exif)
     else:
         raise ValueError(f"unsupported image suffix {suffix}")
+    return buffer.getvalue()
+
+
+# Header attributes that OpenEXR defines itself: metadata never goes over them.
+_EXR_STANDARD_ATTRIBUTES = frozenset(
+    "channels chunkCount compression dataWindow displayWindow lineOrder name pixelAspectRatio "
+    "screenWindowCenter screenWindowWidth tiles type version".split()
+)
+
+
+def encode_exr(array: Any, metadata: dict[str, Any]) -> bytes:
+    """A float32 HxW array as a one-channel ("Y") OpenEXR, ZIP-compressed, full float.
+
+    Every metadata item is a string attribute of the header (JSON for non-strings), and the
+    whole of it is in the ``deferred-diffusion`` attribute, as in PNG outputs.
+    """
+    import numpy as np
+    import OpenEXR
+
+    pixels = np.ascontiguousarray(array, dtype=np.float32)
+    if pixels.ndim != 2:
+        raise ValueError(f"EXR output needs an HxW array, got shape {pixels.shape}")
+    header: dict[str, Any] = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    for key, value in metadata.items():
+        if value is not None and key not in _EXR_STANDARD_ATTRIBUTES:
+            header[key] = value if isinstance(value, str) else json.dumps(value)
+    header[METADATA_KEY] = json.dumps(metadata, sort_keys=True)
+    buffer = io.BytesIO()
+    OpenEXR.File(header, {"Y": pixels}).write(buffer)
     return buffer.getvalue()

@@ -29,18 +29,18 @@ class Weights:
     tiny: bool = False
 
 
-def _local_folder(models_dir: Path, name: str) -> Path | None:
+def _local_folder(models_dir: Path, name: str, files: tuple[str, ...]) -> Path | None:
     folder = models_dir / name
-    return folder if any((folder / f).is_file() for f in _MAIN_FILES) else None
+    return folder if any((folder / f).is_file() for f in files) else None
 
 
-def _hf_cache_folder(repo: str) -> Path | None:
+def _hf_cache_folder(repo: str, files: tuple[str, ...]) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in _MAIN_FILES:
+    for filename in files:
         found = try_to_load_from_cache(repo, filename)
         if isinstance(found, str):
-            return Path(found).parent
+            return Path(found).parents[filename.count("/")]  # the snapshot's root
     return None
 
 
@@ -49,12 +49,23 @@ def downloads_possible(allow_downloads: bool) -> bool:
     return allow_downloads and not offline
 
 
-def find_weights(name: str, repo: str, models_dir: Path, allow_downloads: bool) -> Weights | None:
-    """``DD_MODELS_DIR/<name>/``, then the Hugging Face cache, then a download (if allowed)."""
-    folder = _local_folder(models_dir, name)
+def find_weights(
+    name: str,
+    repo: str,
+    models_dir: Path,
+    allow_downloads: bool,
+    files: tuple[str, ...] | None = None,
+) -> Weights | None:
+    """``DD_MODELS_DIR/<name>/``, then the Hugging Face cache, then a download (if allowed).
+
+    A folder counts when it has one of ``files`` (default: model_index.json or config.json;
+    repos laid out otherwise, like h94/IP-Adapter, name a file of theirs).
+    """
+    files = files or _MAIN_FILES
+    folder = _local_folder(models_dir, name, files)
     if folder is not None:
         return Weights("models_dir", str(folder), (folder / TINY_MARKER).is_file())
-    cached = _hf_cache_folder(repo)
+    cached = _hf_cache_folder(repo, files)
     if cached is not None:
         return Weights("hf_cache", str(cached))
     if downloads_possible(allow_downloads):
@@ -62,8 +73,14 @@ def find_weights(name: str, repo: str, models_dir: Path, allow_downloads: bool) 
     return None
 
 
-def require_weights(name: str, repo: str, models_dir: Path, allow_downloads: bool) -> Weights:
-    weights = find_weights(name, repo, models_dir, allow_downloads)
+def require_weights(
+    name: str,
+    repo: str,
+    models_dir: Path,
+    allow_downloads: bool,
+    files: tuple[str, ...] | None = None,
+) -> Weights:
+    weights = find_weights(name, repo, models_dir, allow_downloads, files)
     if weights is None:
         raise JobFailure(
             f"weights for model {name!r} ({repo}) are not on this machine and downloads are off. "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,19 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / (
         "deferred-diffusion"
     )
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How the diffusion models are tuned on CUDA (DD_COMPILE, DD_CHANNELS_LAST).
+
+    compile: ``auto`` = ``regional`` where Triton is installed, else ``off``; ``regional``
+    compiles only the repeated transformer blocks (a first request of seconds, not minutes);
+    ``full`` compiles the whole denoiser and the VAE decoder (fastest once warm).
+    """
+
+    compile: str = "off"
+    channels_last: bool = False
 
 
 class Settings(BaseSettings):
@@ -38,6 +52,10 @@ class Settings(BaseSettings):
     allow_downloads: bool = True
     max_loaded_models: int = Field(3, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Speed (CUDA only; the CPU path always runs plain eager PyTorch).
+    compile: Literal["auto", "off", "regional", "full"] = "auto"
+    channels_last: bool = True
+    compile_cache_dir: Path | None = None
 
     @field_validator("device")
     @classmethod
@@ -82,6 +100,10 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").expanduser().resolve()
+
+    @property
+    def speed(self) -> Speed:
+        return Speed(self.compile, self.channels_last)
 
     @property
     def resolved_data_dir(self) -> Path:

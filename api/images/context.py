@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 from collections.abc import Callable
@@ -23,8 +24,24 @@ from api.common.media import (
 )
 from api.common.models import ModelCache, Weights
 from api.common.services import Services
-from api.images.registry import GENERATIVE, IMAGE_MODELS, SIZE_MULTIPLE, TASKS, ImageModel, Mode
-from api.images.schemas import ImageRequest
+from api.common.settings import Speed
+from api.images.registry import (
+    CONTROLNET_MODES,
+    CONTROLNETS,
+    GENERATIVE,
+    IMAGE_MODELS,
+    IP_ADAPTERS,
+    SIZE_MULTIPLE,
+    TASKS,
+    UPSCALE_FACTOR,
+    UPSCALE_MAX_SIDE,
+    UPSCALE_NOISE_LEVEL,
+    WITHOUT_ADAPTERS,
+    ControlNetKind,
+    ImageModel,
+    Mode,
+)
+from api.images.schemas import ControlNet, ImageRequest, IpAdapter
 
 
 def find_model(name: str) -> ImageModel:
@@ -96,24 +113,53 @@ def validate_request(request: ImageRequest, services: Services) -> ImageRequest:
     if mode not in model.modes:
         can = ", ".join(sorted(model.modes))
         raise InvalidField(f"model {model.name} can't do {mode} (it does {can})", "model")
+    if model.api_key_env and not os.environ.get(model.api_key_env):
+        raise InvalidField(
+            f"model {model.name} runs at its provider and this server has no "
+            f"{model.api_key_env}; set it in the server's environment and restart the server",
+            "model",
+        )
     if mode in TASKS and not request.input_image_path:
         raise InvalidField(
             f"model {model.name} ({mode}) needs input_image_path", "input_image_path"
         )
     steps = request.num_inference_steps or model.steps
-    if mode in (Mode.image_to_image, Mode.inpainting) and int(steps * request.strength) < 1:
+    if (
+        not model.external
+        and mode in (Mode.image_to_image, Mode.inpainting)
+        and int(steps * request.strength) < 1
+    ):
         raise InvalidField(
             f"strength {request.strength} with {steps} steps leaves no denoising step to run; "
             "raise strength or num_inference_steps",
             "strength",
         )
-    if request.output_image_path is not None:
-        services.paths.resolve_output_path(
-            request.output_image_path, "output_image_path", IMAGE_OUTPUT_SUFFIXES
+    if mode == Mode.segmentation and not any(c.isalnum() for c in request.prompt):
+        raise InvalidField(
+            f"model {model.name} needs a prompt naming what to segment (e.g. 'car. person.')",
+            "prompt",
         )
+    if request.output_image_path is not None:
+        suffixes = output_suffixes(mode, request)
+        if mode == Mode.depth and Path(request.output_image_path).suffix.lower() not in suffixes:
+            raise InvalidField(
+                f"output_image_path must end with {' or '.join(suffixes)} for depth_format "
+                f"{request.depth_format}: {request.output_image_path!r}",
+                "output_image_path",
+            )
+        services.paths.resolve_output_path(request.output_image_path, "output_image_path", suffixes)
     inputs = InputImages(services)
     image_path = inputs.check(request.input_image_path, "input_image_path")
     mask_path = inputs.check(request.input_mask_path, "input_mask_path")
+    if mode == Mode.upscale:
+        width, height = inputs.open(image_path, "input_image_path").size
+        if max(width, height) * UPSCALE_FACTOR > UPSCALE_MAX_SIDE:
+            raise InvalidField(
+                f"input_image_path is {width}x{height}: upscaled {UPSCALE_FACTOR}x it would be "
+                f"{width * UPSCALE_FACTOR}x{height * UPSCALE_FACTOR}, over {UPSCALE_MAX_SIDE} px "
+                f"a side; send an input of at most {UPSCALE_MAX_SIDE // UPSCALE_FACTOR} px a side",
+                "input_image_path",
+            )
     if (
         mask_path is not None
         and inputs.open(mask_path, "input_mask_path").convert("L").getbbox() is None
@@ -121,11 +167,15 @@ def validate_request(request: ImageRequest, services: Services) -> ImageRequest:
         raise InvalidField(
             "input_mask_path is all black: nothing to inpaint (white = repaint)", "input_mask_path"
         )
+    controlnets = check_controlnets(model, mode, request.controlnets, inputs)
+    ip_adapters = check_ip_adapters(model, request.ip_adapters, inputs)
     inputs.save()
     return request.model_copy(
         update={
             "input_image_path": image_path,
             "input_mask_path": mask_path,
+            "controlnets": controlnets,
+            "ip_adapters": ip_adapters,
             "seed": request.seed if request.seed is not None else random.randrange(2**31),
             "num_inference_steps": steps,
             "guidance_scale": (
@@ -137,6 +187,107 @@ def validate_request(request: ImageRequest, services: Services) -> ImageRequest:
             "max_height": request.max_height or model.height,
         }
     )
+
+
+def check_controlnets(
+    model: ImageModel, mode: Mode, controlnets: list[ControlNet], inputs: InputImages
+) -> list[ControlNet]:
+    """Each ControlNet must be one the model's family has, in a mode diffusers runs it in."""
+    if not controlnets:
+        return []
+    kinds = [
+        kind
+        for family, kind in CONTROLNETS
+        if family == model.family and model.name not in WITHOUT_ADAPTERS
+    ]
+    for index, controlnet in enumerate(controlnets):
+        field = f"controlnets.{index}"
+        if controlnet.model not in kinds:
+            has = f"its ControlNets: {', '.join(kinds)}" if kinds else "it takes no ControlNets"
+            raise InvalidField(
+                f"{field}.model: model {model.name} has no {controlnet.model} ControlNet ({has})",
+                f"{field}.model",
+            )
+        if controlnet.preprocess and controlnet.model == ControlNetKind.pose:
+            raise InvalidField(
+                f"{field}.preprocess: pose can't be made on the server (no OpenPose model here); "
+                "pose control images must already be pose skeletons: send one with preprocess "
+                "false",
+                f"{field}.preprocess",
+            )
+    if mode not in CONTROLNET_MODES[model.family]:
+        runs = ", ".join(sorted(CONTROLNET_MODES[model.family]))
+        raise InvalidField(
+            f"controlnets: diffusers has no {model.family} ControlNet pipeline for {mode}; "
+            f"{model.family} ControlNets run in {runs} only",
+            "controlnets",
+        )
+    return [
+        controlnet.model_copy(
+            update={
+                "image_path": inputs.check(controlnet.image_path, f"controlnets.{i}.image_path")
+            }
+        )
+        for i, controlnet in enumerate(controlnets)
+    ]
+
+
+def check_ip_adapters(
+    model: ImageModel, adapters: list[IpAdapter], inputs: InputImages
+) -> list[IpAdapter]:
+    """IP-Adapters exist for sd1.5 and sdxl; each needs a readable image (and mask)."""
+    if not adapters:
+        return []
+    if model.external:  # gpt-image-1: the images are extra references for its edits
+        return check_reference_images(model, adapters, inputs)
+    families = sorted({family for family, _ in IP_ADAPTERS})
+    if model.family not in families or model.name in WITHOUT_ADAPTERS:
+        raise InvalidField(
+            f"ip_adapters: model {model.name} takes no IP-Adapters; they work with the "
+            f"{' and '.join(families)} models (SDXL base and its fine-tunes, not the refiner)",
+            "ip_adapters",
+        )
+    checked = []
+    for index, adapter in enumerate(adapters):
+        field = f"ip_adapters.{index}"
+        if (model.family, adapter.model) not in IP_ADAPTERS:
+            raise InvalidField(
+                f"{field}.model: {model.family} has no {adapter.model} IP-Adapter", f"{field}.model"
+            )
+        image_path = inputs.check(adapter.image_path, f"{field}.image_path")
+        mask_path = inputs.check(adapter.mask_path, f"{field}.mask_path")
+        checked.append(
+            adapter.model_copy(update={"image_path": image_path, "mask_path": mask_path})
+        )
+    return checked
+
+
+def check_reference_images(
+    model: ImageModel, adapters: list[IpAdapter], inputs: InputImages
+) -> list[IpAdapter]:
+    """An external model takes IP-Adapter images as plain extra references, sent with the
+    input image: their kind, scale and layers don't apply, and a mask can't confine them."""
+    checked = []
+    for index, adapter in enumerate(adapters):
+        field = f"ip_adapters.{index}"
+        if adapter.mask_path is not None:
+            raise InvalidField(
+                f"{field}.mask_path: {model.name} takes reference images whole; it can't "
+                "confine one to a mask (leave mask_path out)",
+                f"{field}.mask_path",
+            )
+        image_path = inputs.check(adapter.image_path, f"{field}.image_path")
+        checked.append(adapter.model_copy(update={"image_path": image_path}))
+    return checked
+
+
+def output_suffixes(mode: Mode, request: ImageRequest) -> tuple[str, ...]:
+    """What output_image_path may end with; the first is the default output's suffix."""
+    if mode == Mode.depth and request.depth_format == "exr":
+        return (".exr",)
+    if mode == Mode.depth and request.depth_format == "png16":
+        return (".png",)
+    return IMAGE_OUTPUT_SUFFIXES
 
 
 def round_size(value: float) -> int:
@@ -171,11 +322,12 @@ class Runtime:
     device: str
     cache: ModelCache
     progress: Callable[[int, int], None]
-    find: Callable[[str, str], Weights]
+    find: Callable[..., Weights]  # (name, repo, files=None): see common.models.find_weights
+    speed: Speed = field(default_factory=Speed)
     used: list[Weights] = field(default_factory=list)
 
-    def weights(self, name: str, repo: str) -> Weights:
-        found = self.find(name, repo)
+    def weights(self, name: str, repo: str, files: tuple[str, ...] | None = None) -> Weights:
+        found = self.find(name, repo, files)
         self.used.append(found)
         return found
 
@@ -191,12 +343,17 @@ class ImageContext:
     model: ImageModel
     mode: Mode
     request: ImageRequest
-    width: int
+    width: int  # of the output (an upscale's is 4x its input's)
     height: int
     seed: int
     image: Image.Image | None  # generative modes: resized to width x height; tasks: as given
     mask: Image.Image | None
     output_path: Path | None
+    # One per request.controlnets, resized to width x height (not yet preprocessed).
+    control_images: list[Image.Image] = field(default_factory=list)
+    # One per request.ip_adapters: the reference as given, and its mask at width x height.
+    adapter_images: list[Image.Image] = field(default_factory=list)
+    adapter_masks: list[Image.Image | None] = field(default_factory=list)
 
     def metadata(self, tiny: bool) -> dict[str, Any]:
         """Every generation parameter, written into the output file."""
@@ -205,6 +362,7 @@ class ImageContext:
         return {
             "model": self.model.name,
             "repo": self.model.repo,
+            "provider": self.model.family if self.model.external else None,
             "mode": self.mode,
             "prompt": r.prompt,
             "negative_prompt": r.negative_prompt if self.model.negative_prompt else None,
@@ -219,6 +377,26 @@ class ImageContext:
             "inpainting_full_image": r.inpainting_full_image
             if self.mode == Mode.inpainting
             else None,
+            "noise_level": UPSCALE_NOISE_LEVEL if self.mode == Mode.upscale else None,
+            "depth_format": r.depth_format if self.mode == Mode.depth else None,
+            "box_threshold": r.box_threshold if self.mode == Mode.segmentation else None,
+            "text_threshold": r.text_threshold if self.mode == Mode.segmentation else None,
+            "controlnets": [
+                controlnet.model_dump(mode="json")
+                | {"repo": CONTROLNETS[self.model.family, controlnet.model][1]}
+                for controlnet in r.controlnets
+            ]
+            or None,
+            "ip_adapters": [
+                adapter.model_dump(mode="json")
+                | (
+                    {}
+                    if self.model.external  # plain references, no adapter weights
+                    else {"weights": "/".join(IP_ADAPTERS[self.model.family, adapter.model])}
+                )
+                for adapter in r.ip_adapters
+            ]
+            or None,
             "tiny_weights": tiny,
         }
 
@@ -232,7 +410,9 @@ def build_context(request: ImageRequest, services: Services) -> ImageContext:
     if request.input_image_path:
         path = paths.resolve_input_path(request.input_image_path, "input_image_path")
         image = open_image(path, "input_image_path").convert("RGB")
-    if mode in TASKS:
+    if mode == Mode.upscale:
+        width, height = image.width * UPSCALE_FACTOR, image.height * UPSCALE_FACTOR
+    elif mode in TASKS:
         width, height = image.size
     else:
         width, height = output_size(request.max_width, request.max_height, image)
@@ -245,6 +425,42 @@ def build_context(request: ImageRequest, services: Services) -> ImageContext:
     output = None
     if request.output_image_path:
         output = paths.resolve_output_path(
-            request.output_image_path, "output_image_path", IMAGE_OUTPUT_SUFFIXES
+            request.output_image_path, "output_image_path", output_suffixes(mode, request)
         )
-    return ImageContext(model, mode, request, width, height, request.seed, image, mask, output)
+
+    def load(value: str, field: str) -> Image.Image:
+        return open_image(paths.resolve_input_path(value, field), field)
+
+    size = (width, height)
+    control_images = [
+        load(c.image_path, f"controlnets.{i}.image_path")
+        .convert("RGB")
+        .resize(size, Image.Resampling.LANCZOS)
+        for i, c in enumerate(request.controlnets)
+    ]
+    adapter_images = [
+        load(a.image_path, f"ip_adapters.{i}.image_path").convert("RGB")
+        for i, a in enumerate(request.ip_adapters)
+    ]
+    adapter_masks = [
+        load(a.mask_path, f"ip_adapters.{i}.mask_path")
+        .convert("L")
+        .resize(size, Image.Resampling.NEAREST)
+        if a.mask_path
+        else None
+        for i, a in enumerate(request.ip_adapters)
+    ]
+    return ImageContext(
+        model,
+        mode,
+        request,
+        width,
+        height,
+        request.seed,
+        image,
+        mask,
+        output,
+        control_images,
+        adapter_images,
+        adapter_masks,
+    )

@@ -12,17 +12,36 @@ from api import __version__
 from api.common.files import write_output
 from api.common.jobs.runner import JobContext
 from api.common.jobs.schemas import Job
-from api.common.media import encode_image
-from api.common.models import find_weights, require_weights
+from api.common.media import encode_exr, encode_image
+from api.common.models import Weights, find_weights, require_weights
 from api.common.services import Services
-from api.images.context import ImageContext, Picture, Runtime, build_context, validate_request
-from api.images.registry import DIFFUSION_FAMILIES, IMAGE_MODELS
+from api.images.context import (
+    ImageContext,
+    Picture,
+    Runtime,
+    build_context,
+    output_suffixes,
+    validate_request,
+)
+from api.images.registry import (
+    CONTROLNET_MODES,
+    CONTROLNETS,
+    DIFFUSION_FAMILIES,
+    IMAGE_MODELS,
+    IP_ADAPTER_IMAGE_ENCODER,
+    IP_ADAPTER_WEIGHTS,
+    IP_ADAPTERS,
+    WITHOUT_ADAPTERS,
+    ImageModel,
+)
 from api.images.schemas import ImageOutput, ImageRequest, ImageResult
 
 __all__ = ["describe_models", "run_image_job", "validate_request"]
 
 # Family → module under api/images/models/ with ``generate(ctx, runtime)``.
 FAMILY_MODULES = dict.fromkeys(DIFFUSION_FAMILIES, "diffusion")
+FAMILY_MODULES["openai"] = "openai_images"
+FAMILY_MODULES |= {"upscaler": "upscaler", "depth": "depth", "segmentation": "segmentation"}
 
 
 def describe_models(services: Services) -> list[dict[str, Any]]:
@@ -57,7 +76,58 @@ def describe_models(services: Services) -> list[dict[str, Any]]:
                 "loaded_on": loaded.get(model.name, []),
             }
         )
+        if model.extra_weights:  # e.g. segment-anything's Grounding DINO
+            described[-1]["weights"]["extra"] = [
+                _describe_extra_weights(services, name, repo) for name, repo in model.extra_weights
+            ]
+        described[-1] |= _describe_adapters(services, model)
     return described
+
+
+def _describe_adapters(services: Services, model: ImageModel) -> dict[str, Any]:
+    """The ControlNets and IP-Adapters a diffusion model takes, in which modes, and whether
+    their weights are on this machine (an IP-Adapter's: its file in the h94 folder)."""
+    if model.family not in DIFFUSION_FAMILIES or model.name in WITHOUT_ADAPTERS:
+        return {}
+
+    def find(name: str, repo: str, files: tuple[str, ...] | None = None) -> Weights | None:
+        return find_weights(
+            name, repo, services.models_dir, services.settings.allow_downloads, files
+        )
+
+    def state(found: Weights | None, file: str = "") -> dict[str, bool]:
+        local = found is not None and found.source != "download"
+        return {
+            "present": local and (not file or Path(found.location, file).is_file()),
+            "tiny": bool(found and found.tiny),
+        }
+
+    controlnets = {
+        kind: {"repo": repo, "modes": sorted(CONTROLNET_MODES[family] & model.modes)}
+        | state(find(name, repo))
+        for (family, kind), (name, repo) in CONTROLNETS.items()
+        if family == model.family
+    }
+    adapters = find(*IP_ADAPTER_WEIGHTS, (f"{IP_ADAPTER_IMAGE_ENCODER}/config.json",))
+    ip_adapters = {
+        kind: {"repo": IP_ADAPTER_WEIGHTS[1], "weights": file, "modes": sorted(model.modes)}
+        | state(adapters, file)
+        for (family, kind), (subfolder, weight_name) in IP_ADAPTERS.items()
+        if family == model.family
+        for file in [f"{subfolder}/{weight_name}"]
+    }
+    return {"controlnets": controlnets, "ip_adapters": ip_adapters}
+
+
+def _describe_extra_weights(services: Services, name: str, repo: str) -> dict[str, Any]:
+    found = find_weights(name, repo, services.models_dir, services.settings.allow_downloads)
+    return {
+        "name": name,
+        "repo": repo,
+        "source": found.source if found else None,
+        "present": bool(found and found.source != "download"),
+        "tiny": bool(found and found.tiny),
+    }
 
 
 def run_image_job(services: Services, job: Job, context: JobContext) -> dict[str, Any]:
@@ -74,6 +144,7 @@ def run_image_job(services: Services, job: Job, context: JobContext) -> dict[str
         find=functools.partial(
             _require_weights, services.models_dir, services.settings.allow_downloads
         ),
+        speed=services.settings.speed,
     )
     pictures, timings = module.generate(image_context, runtime)
     context.check_cancelled()  # cancelled during the last step: write nothing
@@ -91,8 +162,14 @@ def run_image_job(services: Services, job: Job, context: JobContext) -> dict[str
     return result.model_dump(mode="json", exclude_none=False)
 
 
-def _require_weights(models_dir: Path, allow_downloads: bool, name: str, repo: str):
-    return require_weights(name, repo, models_dir, allow_downloads)
+def _require_weights(
+    models_dir: Path,
+    allow_downloads: bool,
+    name: str,
+    repo: str,
+    files: tuple[str, ...] | None = None,
+):
+    return require_weights(name, repo, models_dir, allow_downloads, files)
 
 
 def write_pictures(
@@ -102,7 +179,8 @@ def write_pictures(
     base = ctx.output_path
     keep_take = base is not None
     if base is None:
-        base = services.data_dir / "outputs" / job.id / f"{ctx.model.name}_{ctx.seed}.png"
+        suffix = output_suffixes(ctx.mode, ctx.request)[0]
+        base = services.data_dir / "outputs" / job.id / f"{ctx.model.name}_{ctx.seed}{suffix}"
     metadata = ctx.metadata(tiny) | {
         "job_id": job.id,
         "software": f"deferred-diffusion {__version__}",
@@ -112,9 +190,11 @@ def write_pictures(
     for picture in pictures:
         path = base.with_name(f"{base.stem}_{picture.name}{base.suffix}") if picture.name else base
         extra = {"label": picture.label, "score": picture.score} if picture.name else {}
-        take = write_output(
-            path, encode_image(picture.image, path.suffix, metadata | extra), keep_take
-        )
+        if path.suffix.lower() == ".exr":  # float data (depth) as it came out of the model
+            data = encode_exr(picture.array, metadata | extra)
+        else:
+            data = encode_image(picture.image, path.suffix, metadata | extra)
+        take = write_output(path, data, keep_take)
         outputs.append(
             ImageOutput(
                 path=to_client(path),

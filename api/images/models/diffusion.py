@@ -1,26 +1,49 @@
 """The diffusion families (SD 1.5, SDXL, SD3, FLUX): load once, then text→image,
-image→image or inpainting from the same components."""
+image→image or inpainting from the same components, with ControlNets and IP-Adapters."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
     AutoPipelineForText2Image,
+    ControlNetModel,
     DiffusionPipeline,
+    FluxControlNetModel,
+    SD3ControlNetModel,
 )
+from diffusers.image_processor import IPAdapterMaskProcessor
+from PIL import Image
+from transformers import CLIPVisionModelWithProjection
 
+from api.common.errors import JobFailure
 from api.common.models import Weights, folder_size
+from api.common.settings import Speed
 from api.images.context import ImageContext, Picture, Runtime
-from api.images.registry import ImageModel, Mode
+from api.images.models.depth import estimate_depth
+from api.images.models.speed import speed_up
+from api.images.registry import (
+    CONTROLNETS,
+    IP_ADAPTER_IMAGE_ENCODER,
+    IP_ADAPTER_WEIGHTS,
+    IP_ADAPTERS,
+    ControlNetKind,
+    ImageModel,
+    Mode,
+    ScaleLayers,
+)
+from api.images.schemas import IpAdapter
 
 AUTO_PIPELINES = {
     Mode.text_to_image: AutoPipelineForText2Image,
@@ -28,16 +51,28 @@ AUTO_PIPELINES = {
     Mode.inpainting: AutoPipelineForInpainting,
 }
 
+CONTROLNET_CLASSES = {
+    "sd1.5": ControlNetModel,
+    "sdxl": ControlNetModel,
+    "sd3": SD3ControlNetModel,
+    "flux": FluxControlNetModel,
+}
+
 # Pixels of padding around the mask when inpainting a crop (inpainting_full_image=false).
 MASK_CROP_PADDING = 32
+
+# Hysteresis thresholds of OpenCV's Canny for preprocess: true (as in diffusers' examples).
+CANNY_THRESHOLDS = (100, 200)
 
 Progress = Callable[[int, int], None]
 
 
 def dtype_for(family: str, device: str) -> torch.dtype:
+    """fp32 on the CPU; bf16 on GPUs that have it (no fp16 overflow, so SDXL's VAE needs no
+    float32 upcast), else fp16."""
     if not device.startswith("cuda"):
         return torch.float32
-    return torch.bfloat16 if family in ("sd3", "flux") else torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 @dataclass
@@ -48,13 +83,28 @@ class LoadedModel:
     base_mode: Mode
     pipelines: dict[Mode, DiffusionPipeline] = field(default_factory=dict)
 
-    def pipeline(self, mode: Mode) -> DiffusionPipeline:
+    def pipeline(self, mode: Mode, **components: Any) -> DiffusionPipeline:
+        """The mode's pipeline. With extra components (``controlnet``, ``image_encoder``) a
+        new one for this call, sharing the base's components (the kept ones stay as loaded).
+
+        Each pipeline gets a scheduler of its own: schedulers keep state between calls (e.g.
+        ``add_noise`` in image→image moves PNDM's tables to the GPU for good, which changes
+        later text→image results on the GPU if the scheduler is shared).
+        """
+        if components:
+            return self._derive(mode, components)
         if mode not in self.pipelines:
-            self.pipelines[mode] = AUTO_PIPELINES[mode].from_pipe(self.base)
+            self.pipelines[mode] = self._derive(mode, {})
         return self.pipelines[mode]
 
+    def _derive(self, mode: Mode, components: dict[str, Any]) -> DiffusionPipeline:
+        scheduler = type(self.base.scheduler).from_config(self.base.scheduler.config)
+        return AUTO_PIPELINES[mode].from_pipe(self.base, scheduler=scheduler, **components)
 
-def load_model(model: ImageModel, weights: Weights, device: str, low_vram: bool) -> LoadedModel:
+
+def load_model(
+    model: ImageModel, weights: Weights, device: str, low_vram: bool, speed: Speed
+) -> LoadedModel:
     """``from_pretrained`` exactly as for downloaded weights, straight onto the device."""
     base_mode = Mode.text_to_image if Mode.text_to_image in model.modes else Mode.image_to_image
     kwargs: dict[str, Any] = {"torch_dtype": dtype_for(model.family, device)}
@@ -67,11 +117,161 @@ def load_model(model: ImageModel, weights: Weights, device: str, low_vram: bool)
         pipe = AUTO_PIPELINES[base_mode].from_pretrained(weights.location, **kwargs)
         if on_gpu and low_vram:
             pipe.enable_model_cpu_offload(device=device)
+        elif on_gpu:
+            speed_up(pipe, speed)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe, base_mode, {base_mode: pipe})
 
 
-def _call_arguments(ctx: ImageContext, pipe: DiffusionPipeline, progress: Progress) -> dict:
+def load_controlnet(family: str, weights: Weights, device: str, low_vram: bool) -> Any:
+    """The family's ControlNet class, ``from_pretrained`` like the base model."""
+    controlnet = CONTROLNET_CLASSES[family].from_pretrained(
+        weights.location, torch_dtype=dtype_for(family, device)
+    )
+    return controlnet if low_vram else controlnet.to(device)
+
+
+def load_image_encoder(weights: Weights, family: str, device: str, low_vram: bool) -> Any:
+    """The IP-Adapters' CLIP image encoder (``models/image_encoder`` of h94/IP-Adapter)."""
+    encoder = CLIPVisionModelWithProjection.from_pretrained(
+        weights.location, subfolder=IP_ADAPTER_IMAGE_ENCODER, dtype=dtype_for(family, device)
+    )
+    return encoder if low_vram else encoder.to(device)
+
+
+def _resident(runtime: Runtime, key: tuple, load: Callable[[], Any], weights: Weights) -> Any:
+    low_vram = key[-1]
+    return runtime.cache.get(
+        key,
+        load,
+        needed_bytes=0 if low_vram else folder_size(weights.location),
+        device=runtime.device,
+    )
+
+
+def controlnets(ctx: ImageContext, runtime: Runtime, low_vram: bool) -> list[Any]:
+    """The request's ControlNets, each loaded once per device and kept like a model."""
+    family = ctx.model.family
+    loaded = []
+    for controlnet in ctx.request.controlnets:
+        name, repo = CONTROLNETS[family, controlnet.model]
+        weights = runtime.weights(name, repo)
+        loaded.append(
+            _resident(
+                runtime,
+                (name, low_vram),
+                lambda weights=weights: load_controlnet(family, weights, runtime.device, low_vram),
+                weights,
+            )
+        )
+    return loaded
+
+
+def ip_adapter_weights(ctx: ImageContext, runtime: Runtime) -> Weights:
+    """h94/IP-Adapter's folder, checked for every adapter file the request names."""
+    name, repo = IP_ADAPTER_WEIGHTS
+    weights = runtime.weights(name, repo, files=(f"{IP_ADAPTER_IMAGE_ENCODER}/config.json",))
+    if weights.source != "download":
+        for adapter in ctx.request.ip_adapters:
+            file = Path(weights.location, *IP_ADAPTERS[ctx.model.family, adapter.model])
+            if not file.is_file():
+                raise JobFailure(
+                    f"IP-Adapter weights {file} are missing: put the {repo} files there "
+                    f"(e.g. `hf download {repo} --local-dir {weights.location}`)",
+                    type="model_unavailable",
+                )
+    return weights
+
+
+def image_encoder(ctx: ImageContext, runtime: Runtime, weights: Weights, low_vram: bool) -> Any:
+    """The image encoder every IP-Adapter shares, loaded once per device and dtype."""
+    family, device = ctx.model.family, runtime.device
+    key = (IP_ADAPTER_WEIGHTS[0], "image_encoder", str(dtype_for(family, device)), low_vram)
+    return _resident(
+        runtime, key, lambda: load_image_encoder(weights, family, device, low_vram), weights
+    )
+
+
+def canny_edges(image: Image.Image) -> Image.Image:
+    edges = cv2.Canny(np.asarray(image.convert("L")), *CANNY_THRESHOLDS)
+    return Image.fromarray(edges).convert("RGB")
+
+
+def control_images(ctx: ImageContext, runtime: Runtime) -> list[Image.Image]:
+    """The control images, made from plain pictures where a ControlNet asks to preprocess."""
+    images = []
+    for controlnet, image in zip(ctx.request.controlnets, ctx.control_images, strict=True):
+        if controlnet.preprocess and controlnet.model == ControlNetKind.canny:
+            image = canny_edges(image)
+        elif controlnet.preprocess and controlnet.model == ControlNetKind.depth:
+            image = estimate_depth(image, runtime)
+        images.append(image)
+    return images
+
+
+def adapter_scale(unet: Any, adapter: IpAdapter) -> float | dict[str, Any]:
+    """An IP-Adapter's scale for ``set_ip_adapter_scale``: a float for every layer, or a
+    per-block dict (InstantStyle). "style" is the middle attention of the first cross-attention
+    up block, "layout" the second attention of the last cross-attention down block: on SDXL
+    up_blocks.0.attentions.1 and down_blocks.2.attentions.1 (InstantStyle's layers), on SD 1.5
+    the same places, up_blocks.1.attentions.1 and down_blocks.2.attentions.1."""
+    if adapter.scale_layers == ScaleLayers.all:
+        return adapter.scale
+    down = [i for i, block in enumerate(unet.down_blocks) if hasattr(block, "attentions")]
+    up = [i for i, block in enumerate(unet.up_blocks) if hasattr(block, "attentions")]
+    down_layers = unet.config.layers_per_block
+    up_layers = down_layers + 1
+
+    def only(index: int, count: int) -> list[float]:
+        return [adapter.scale if i == min(index, count - 1) else 0.0 for i in range(count)]
+
+    scale: dict[str, Any] = {}
+    if adapter.scale_layers in (ScaleLayers.style, ScaleLayers.style_and_layout):
+        scale["up"] = {f"block_{up[0]}": only(1, up_layers)}
+    if adapter.scale_layers in (ScaleLayers.layout, ScaleLayers.style_and_layout):
+        scale["down"] = {f"block_{down[-1]}": only(1, down_layers)}
+    return scale
+
+
+@contextlib.contextmanager
+def ip_adapters_loaded(
+    pipe: DiffusionPipeline, ctx: ImageContext, weights: Weights
+) -> Iterator[dict[str, Any]]:
+    """Load the request's IP-Adapters into ``pipe`` for one call and yield the call's
+    arguments for them; then take them out again, whatever happened: the UNet is shared with
+    the kept pipelines, which must run as loaded afterwards."""
+    unet = pipe.unet
+    processors = unet.attn_processors
+    files = [IP_ADAPTERS[ctx.model.family, adapter.model] for adapter in ctx.request.ip_adapters]
+    try:
+        pipe.load_ip_adapter(
+            weights.location,
+            subfolder=[subfolder for subfolder, _ in files],
+            weight_name=[weight_name for _, weight_name in files],
+            image_encoder_folder=IP_ADAPTER_IMAGE_ENCODER,
+        )
+        pipe.set_ip_adapter_scale([adapter_scale(unet, a) for a in ctx.request.ip_adapters])
+        arguments: dict[str, Any] = {"ip_adapter_image": ctx.adapter_images}
+        if any(mask is not None for mask in ctx.adapter_masks):
+            everywhere = Image.new("L", (ctx.width, ctx.height), 255)
+            masks = IPAdapterMaskProcessor().preprocess(
+                [mask or everywhere for mask in ctx.adapter_masks],
+                height=ctx.height,
+                width=ctx.width,
+            )
+            # one [1, images=1, height, width] mask per adapter
+            arguments["cross_attention_kwargs"] = {
+                "ip_adapter_masks": [mask.unsqueeze(0) for mask in masks]
+            }
+        yield arguments
+    finally:
+        pipe.unload_ip_adapter()
+        unet.set_attn_processor(processors)
+
+
+def _call_arguments(
+    ctx: ImageContext, pipe: DiffusionPipeline, progress: Progress, controls: list[Image.Image]
+) -> dict:
     request = ctx.request
     steps = request.num_inference_steps
 
@@ -98,6 +298,18 @@ def _call_arguments(ctx: ImageContext, pipe: DiffusionPipeline, progress: Progre
         if not request.inpainting_full_image:
             arguments["padding_mask_crop"] = MASK_CROP_PADDING
     accepted = inspect.signature(pipe.__call__).parameters
+    if controls:
+        # SD 1.5 and SDXL text→image ControlNet pipelines take the control image as ``image``.
+        scales = [controlnet.conditioning_scale for controlnet in request.controlnets]
+        several = len(controls) > 1
+        arguments["control_image" if "control_image" in accepted else "image"] = (
+            controls if several else controls[0]
+        )
+        arguments["controlnet_conditioning_scale"] = scales if several else scales[0]
+        if several and "control_mode" in accepted:
+            # Flux: several ControlNets need a control mode each, even non-union ones (None);
+            # its image→image and inpainting pipelines run none of them without it.
+            arguments["control_mode"] = [None] * len(controls)
     return {name: value for name, value in arguments.items() if name in accepted}
 
 
@@ -105,17 +317,42 @@ def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[s
     """Run the request's mode on its model; returns the image and the load/run timings."""
     started = time.perf_counter()
     device = runtime.device
+    controls = control_images(ctx, runtime)
     weights = runtime.weights(ctx.model.name, ctx.model.repo)
     low_vram = ctx.request.optimize_low_vram and device.startswith("cuda")
     loaded = runtime.cache.get(
         (ctx.model.name, low_vram),
-        lambda: load_model(ctx.model, weights, device, low_vram),
+        lambda: load_model(ctx.model, weights, device, low_vram, runtime.speed),
         needed_bytes=0 if low_vram else folder_size(weights.location),
         device=device,
     )
-    pipe = loaded.pipeline(ctx.mode)
+    components: dict[str, Any] = {}
+    if controls:
+        nets = controlnets(ctx, runtime, low_vram)
+        components["controlnet"] = nets if len(nets) > 1 else nets[0]
+    adapters = ip_adapter_weights(ctx, runtime) if ctx.request.ip_adapters else None
+    if adapters is not None:
+        components["image_encoder"] = image_encoder(ctx, runtime, adapters, low_vram)
+    pipe = loaded.pipeline(ctx.mode, **components)
+    if components and low_vram:
+        pipe.enable_model_cpu_offload(device=device)
     loaded_at = time.perf_counter()
-    output = pipe(**_call_arguments(ctx, pipe, runtime.progress))
+    arguments = _call_arguments(ctx, pipe, runtime.progress, controls)
+    if device.startswith("cuda") and "padding_mask_crop" not in arguments:
+        arguments["output_type"] = "pt"  # to 8 bits on the GPU (tensor_to_pil), not numpy
+    if adapters is None:
+        output = pipe(**arguments)
+    else:
+        with ip_adapters_loaded(pipe, ctx, adapters) as adapter_arguments:
+            output = pipe(**arguments, **adapter_arguments)
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "inference_s": finished - loaded_at}
-    return [Picture(output.images[0])], timings
+    image = output.images[0]
+    return [Picture(tensor_to_pil(image) if isinstance(image, torch.Tensor) else image)], timings
+
+
+def tensor_to_pil(image: torch.Tensor) -> Image.Image:
+    """A [0, 1] CHW image → PIL, with the arithmetic of diffusers' numpy_to_pil (float32,
+    x 255, round half to even), done where the tensor is: the same pixels, less copying."""
+    pixels = (image.float() * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)

@@ -96,6 +96,10 @@ def test_health_and_models(client: TestClient):
         "sd3",
         "sd3.5",
         "flux-schnell",
+        "gpt-image-1",
+        "sd-x4-upscaler",
+        "depth-anything",
+        "segment-anything",
     }
     refiner = models["sdxl-refiner"]
     assert refiner["modes"] == ["image_to_image", "inpainting"]

@@ -15,11 +15,15 @@ from diffusers import (
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.images.registry import IMAGE_MODELS, Mode
+from api.images.registry import IMAGE_MODELS, TASKS, Mode
 from api.tests.conftest import decode, png_metadata, write_image, write_mask
 
-CASES = [
-    (name, mode) for name, model in IMAGE_MODELS.items() for mode in Mode if mode in model.modes
+CASES = [  # external models (gpt-image-1) run against a fake provider: test_gpt_image.py
+    (name, mode)
+    for name, model in IMAGE_MODELS.items()
+    if not model.external
+    for mode in Mode
+    if mode in model.modes and mode not in TASKS  # tasks: test_upscaler/_depth/_segmentation
 ]
 
 

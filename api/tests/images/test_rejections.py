@@ -81,7 +81,7 @@ def prepare(kind: str, workspace: Path, tmp_path: Path) -> tuple[dict, int, str]
         "strength below 0": ({"input_image_path": plate, "strength": -0.1}, 422, "strength"),
         "strength leaving no step": ({"input_image_path": plate, "strength": 0.1}, 422, "strength"),
         "wrong type": ({"guidance_scale": "lots"}, 422, "guidance_scale"),
-        "unsupported field": ({"controlnets": [{"model": "depth"}]}, 422, "controlnets"),
+        "unsupported field": ({"loras": [{"model": "film-grain"}]}, 422, "loras"),
         "data url then a bad field": (
             {"input_image_path": _data_url(workspace / "d.png"), "strength": 0.01},
             422,

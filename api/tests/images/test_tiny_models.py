@@ -224,3 +224,19 @@ def test_generates(
         generator=_generator(),
     ).images[0]
     assert image.size == (64, 64)
+
+
+def test_task_models_layout_and_size(models_dir: Path) -> None:
+    from api.images.models import tiny_tasks
+
+    for name, model in tiny_tasks.TINY_MODELS.items():
+        folder = models_dir / name
+        assert json.loads((folder / TINY_MARKER).read_text())["imitates"] == model.imitates
+        assert (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        assert size < 5_000_000, f"{name} is {size} bytes"
+        weights = list(folder.rglob("*.safetensors"))
+        assert weights and not list(folder.rglob("*.bin"))
+        for path in weights:
+            with safe_open(path, "pt") as tensors:
+                assert all(tensors.get_slice(k).get_dtype() == "F32" for k in tensors.keys())

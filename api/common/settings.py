@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     allow_no_auth: bool = False
     device: str = "auto"
     allow_downloads: bool = True
-    max_loaded_models: int = Field(3, ge=1)
+    max_loaded_models: int = Field(6, ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # Speed (CUDA only; the CPU path always runs plain eager PyTorch).
     compile: Literal["auto", "off", "regional", "full"] = "auto"

@@ -15,35 +15,48 @@ from api.common.jobs.store import JobStore
 
 
 class JobEvents:
-    """Wakes clients waiting on a job (``wait=``, SSE) when a runner thread changes it."""
+    """Wakes clients waiting on a job (``wait=``, SSE) when a runner thread changes it.
+
+    Progress notices (one per denoising step) wake only the watchers that asked for them
+    (SSE); a ``wait=`` call wakes on status changes alone, so the runner thread is not
+    made to hand over the GIL once a step for nothing.
+    """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._watchers: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
-    def publish(self, job_id: str) -> None:
-        """Thread-safe: note that ``job_id`` changed."""
+    def publish(self, job_id: str, progress: bool = False) -> None:
+        """Thread-safe: note that ``job_id`` changed (only its progress, if ``progress``)."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
-                loop.call_soon_threadsafe(self._wake, job_id)
+        watchers = self._watchers.get(job_id)
+        if loop is None or loop.is_closed() or not watchers:
+            return
+        try:
+            if progress and not any(watchers.values()):
+                return
+        except RuntimeError:  # the event loop changed the watchers meanwhile: just wake
+            pass
+        with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+            loop.call_soon_threadsafe(self._wake, job_id, progress)
 
-    def _wake(self, job_id: str) -> None:
-        for event in self._watchers.get(job_id, ()):
-            event.set()
+    def _wake(self, job_id: str, progress: bool) -> None:
+        for event, wants_progress in self._watchers.get(job_id, {}).items():
+            if wants_progress or not progress:
+                event.set()
 
     @contextlib.contextmanager
-    def watch(self, job_id: str) -> Iterator[asyncio.Event]:
+    def watch(self, job_id: str, progress: bool = False) -> Iterator[asyncio.Event]:
         """An event set whenever ``job_id`` changes (call from the event loop)."""
         event = asyncio.Event()
-        self._watchers[job_id].add(event)
+        self._watchers[job_id][event] = progress
         try:
             yield event
         finally:
-            self._watchers[job_id].discard(event)
+            self._watchers[job_id].pop(event, None)
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
 
@@ -112,7 +125,7 @@ class JobEngine:
         """(event, data) pairs: ``status`` and ``progress`` as they change, then ``result``
         or ``error`` (or a last ``status`` for a cancelled job); ends when the job does."""
         last_status = last_progress = None
-        with self.events.watch(job_id) as changed:
+        with self.events.watch(job_id, progress=True) as changed:
             while True:
                 changed.clear()
                 job = await self.get(job_id)

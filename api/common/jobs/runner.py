@@ -25,12 +25,12 @@ class JobContext:
     job_id: str
     device: str
     store: JobStore
-    publish: Callable[[str], None]
+    publish: Callable[[str, bool], None]  # (job id, only its progress changed)
 
     def progress(self, step: int, total: int) -> None:
         """Report a finished step; raises JobCancelled when the job was cancelled."""
         self.store.set_progress(self.job_id, step, total)
-        self.publish(self.job_id)
+        self.publish(self.job_id, True)
         self.check_cancelled()
 
     def check_cancelled(self) -> None:
@@ -62,7 +62,7 @@ class Runner(threading.Thread):
         device: str,
         store: JobStore,
         handlers: dict[str, JobHandler],
-        publish: Callable[[str], None],
+        publish: Callable[[str, bool], None],
         wake: threading.Condition,
     ) -> None:
         super().__init__(name=f"runner-{device}", daemon=True)

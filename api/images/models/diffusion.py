@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from diffusers import (
@@ -193,6 +192,8 @@ def image_encoder(ctx: ImageContext, runtime: Runtime, weights: Weights, low_vra
 
 
 def canny_edges(image: Image.Image) -> Image.Image:
+    import cv2  # only preprocess: true needs OpenCV
+
     edges = cv2.Canny(np.asarray(image.convert("L")), *CANNY_THRESHOLDS)
     return Image.fromarray(edges).convert("RGB")
 

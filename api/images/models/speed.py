@@ -25,10 +25,10 @@ def compile_mode(speed: Speed) -> str:
 
 def speed_up(pipe: DiffusionPipeline, speed: Speed) -> None:
     """Tune a pipeline that lives on the GPU, in place (its from_pipe siblings share it)."""
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-    convolutional = [m for m in (getattr(pipe, "unet", None), pipe.vae) if m is not None]
+    unet = getattr(pipe, "unet", None)
+    denoiser = unet or getattr(pipe, "transformer", None)
     if speed.channels_last:
-        for module in convolutional:
+        for module in (m for m in (unet, pipe.vae) if m is not None):
             module.to(memory_format=torch.channels_last)
     mode = compile_mode(speed)
     if mode == "regional" and getattr(denoiser, "_repeated_blocks", None):

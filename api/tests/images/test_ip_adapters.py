@@ -106,6 +106,27 @@ def test_adapters_leave_no_trace_in_the_cached_pipelines(
     assert np.array_equal(pixels(client, run(client, plain_i2i)), first_i2i)
 
 
+def test_pipelines_keep_their_own_scheduler(tiny_models: Path):
+    """Schedulers keep state between calls (image→image's add_noise moves PNDM's tables to
+    the GPU for good, which shifts later text→image pixels there): none is shared."""
+    from api.common.models import Weights
+    from api.common.settings import Speed
+    from api.images.models.diffusion import load_model
+    from api.images.registry import IMAGE_MODELS
+
+    weights = Weights("models_dir", str(tiny_models / "sd1.5"), tiny=True)
+    loaded = load_model(IMAGE_MODELS["sd1.5"], weights, "cpu", False, Speed())
+    pipelines = [
+        loaded.pipeline(Mode.text_to_image),
+        loaded.pipeline(Mode.image_to_image),
+        loaded.pipeline(Mode.inpainting),
+        loaded.pipeline(Mode.image_to_image, image_encoder=None),
+    ]
+    assert pipelines[0] is loaded.base and pipelines[1] is loaded.pipeline(Mode.image_to_image)
+    assert len({id(pipe.scheduler) for pipe in pipelines}) == len(pipelines)
+    assert len({id(pipe.unet) for pipe in pipelines}) == 1
+
+
 def test_a_failed_call_unloads_the_adapters(tiny_models: Path):
     """The adapters come out of the UNet even when the call in between fails."""
     import torch

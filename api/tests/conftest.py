@@ -119,5 +119,22 @@ def decode(data: bytes) -> Image.Image:
         return image.copy()
 
 
+def run_job(client: TestClient, body: dict) -> dict:
+    """Submit an image request, wait for it, and return the job, which must have succeeded."""
+    response = client.post("/api/images?wait=120", json=body)
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["status"] == "succeeded", job["error"]
+    return job
+
+
+def assert_nothing_happened(client: TestClient, tmp_path: Path, before: list[Path]) -> None:
+    """After a rejection: no job, no output, no upload, no file changed under the test."""
+    assert client.get("/api/jobs").json() == []
+    assert files_under(tmp_path / "data" / "outputs") == []
+    assert files_under(tmp_path / "data" / "uploads") == []
+    assert files_under(tmp_path) == before
+
+
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []

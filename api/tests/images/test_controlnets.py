@@ -21,7 +21,15 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.images.registry import CONTROLNET_MODES, CONTROLNETS, ControlNetKind, Mode
-from api.tests.conftest import decode, files_under, png_metadata, write_image, write_mask
+from api.tests.conftest import (
+    assert_nothing_happened,
+    decode,
+    files_under,
+    png_metadata,
+    run_job,
+    write_image,
+    write_mask,
+)
 
 FAMILY_MODELS = {"sd1.5": "sd1.5", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux-schnell"}
 
@@ -47,14 +55,6 @@ def control(workspace: Path, kind: str = "depth", seed: int = 3, **extra) -> dic
     """A control image (80x80: the server resizes it to the 64x64 output)."""
     path = write_image(workspace / f"control_{kind}_{seed}.png", (80, 80), seed=seed)
     return {"model": kind, "image_path": str(path)} | extra
-
-
-def run(client: TestClient, body: dict) -> dict:
-    response = client.post("/api/images?wait=120", json=body)
-    assert response.status_code == 200, response.text
-    job = response.json()
-    assert job["status"] == "succeeded", job["error"]
-    return job
 
 
 def pixels(client: TestClient, job: dict) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_every_family_and_mode(
     model = FAMILY_MODELS[family]
     out = workspace / "renders" / f"{family}.png"
     cn = control(workspace, kind, conditioning_scale=0.8)
-    job = run(
+    job = run_job(
         client,
         body_for(workspace, model, mode, controlnets=[cn], output_image_path=str(out)),
     )
@@ -171,19 +171,19 @@ def test_two_controlnets(client: TestClient, workspace: Path, model: str, mode: 
         control(workspace, "depth"),
         control(workspace, "canny", seed=4, conditioning_scale=0.5),
     ]
-    job = run(client, body_for(workspace, model, mode, controlnets=both))
-    one = run(client, body_for(workspace, model, mode, controlnets=both[:1]))
+    job = run_job(client, body_for(workspace, model, mode, controlnets=both))
+    one = run_job(client, body_for(workspace, model, mode, controlnets=both[:1]))
     assert difference(pixels(client, job), pixels(client, one)) > MEASURABLE
     assert [c["model"] for c in job["request"]["controlnets"]] == ["depth", "canny"]
 
 
 def test_a_controlnet_changes_the_output_and_its_scale_counts(client: TestClient, workspace: Path):
-    plain = pixels(client, run(client, body_for(workspace, "sd1.5")))
+    plain = pixels(client, run_job(client, body_for(workspace, "sd1.5")))
     steered = pixels(
-        client, run(client, body_for(workspace, "sd1.5", controlnets=[control(workspace)]))
+        client, run_job(client, body_for(workspace, "sd1.5", controlnets=[control(workspace)]))
     )
     assert difference(plain, steered) > 2.0
-    off = run(
+    off = run_job(
         client, body_for(workspace, "sd1.5", controlnets=[control(workspace, conditioning_scale=0)])
     )
     assert np.array_equal(pixels(client, off), plain)
@@ -196,7 +196,7 @@ def test_output_equals_a_direct_diffusers_controlnet_call(
     body = body_for(
         workspace, "sd1.5", negative_prompt="blurry", guidance_scale=3.0, controlnets=[cn]
     )
-    served = pixels(client, run(client, body))
+    served = pixels(client, run_job(client, body))
 
     controlnet = ControlNetModel.from_pretrained(tiny_models / "controlnet-sd1.5-canny")
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
@@ -232,11 +232,11 @@ def test_preprocess_canny_makes_edges_on_the_server(client: TestClient, workspac
     edges_path = workspace / "edges.png"
     Image.fromarray(edges).convert("RGB").save(edges_path)
 
-    preprocessed = run(
+    preprocessed = run_job(
         client, body_for(workspace, "sdxl", controlnets=[picture | {"preprocess": True}])
     )
-    raw = run(client, body_for(workspace, "sdxl", controlnets=[picture]))
-    premade = run(
+    raw = run_job(client, body_for(workspace, "sdxl", controlnets=[picture]))
+    premade = run_job(
         client,
         body_for(
             workspace, "sdxl", controlnets=[{"model": "canny", "image_path": str(edges_path)}]
@@ -253,10 +253,10 @@ def job_controlnets(job: dict) -> list[dict]:
 
 def test_preprocess_depth_uses_the_depth_model(client: TestClient, workspace: Path):
     picture = control(workspace, "depth")
-    preprocessed = run(
+    preprocessed = run_job(
         client, body_for(workspace, "sd1.5", controlnets=[picture | {"preprocess": True}])
     )
-    raw = run(client, body_for(workspace, "sd1.5", controlnets=[picture]))
+    raw = run_job(client, body_for(workspace, "sd1.5", controlnets=[picture]))
     assert difference(pixels(client, preprocessed), pixels(client, raw)) > MEASURABLE
     models = {model["name"]: model for model in client.get("/api/models").json()}
     assert models["depth-anything"]["loaded_on"] == ["cpu"]
@@ -265,7 +265,7 @@ def test_preprocess_depth_uses_the_depth_model(client: TestClient, workspace: Pa
 def test_control_image_as_data_url(client: TestClient, workspace: Path):
     data = write_image(workspace / "c.png", (64, 64), seed=5).read_bytes()
     url = "data:image/png;base64," + base64.b64encode(data).decode()
-    job = run(
+    job = run_job(
         client, body_for(workspace, "sd1.5", controlnets=[{"model": "depth", "image_path": url}])
     )
     stored = Path(job["request"]["controlnets"][0]["image_path"])
@@ -422,10 +422,7 @@ def test_rejected_at_submit(client: TestClient, workspace: Path, tmp_path: Path,
     error = response.json()["error"]
     assert error["field"] == field
     assert message in error["message"]
-    assert client.get("/api/jobs").json() == []
-    assert files_under(tmp_path / "data" / "uploads") == []
-    assert files_under(tmp_path / "data" / "outputs") == []
-    assert files_under(tmp_path) == before
+    assert_nothing_happened(client, tmp_path, before)
 
 
 def test_kinds_are_the_registry_kinds():

@@ -18,18 +18,15 @@ from api.common.models import ModelCache
 from api.images.context import Runtime
 from api.images.models.depth import estimate_depth
 from api.images.service import _require_weights
-from api.tests.conftest import files_under, png_metadata, write_image
-from api.tests.images.test_rejections import assert_nothing_happened
+from api.tests.conftest import (
+    assert_nothing_happened,
+    files_under,
+    png_metadata,
+    run_job,
+    write_image,
+)
 
 SIZE = (72, 40)
-
-
-def run(client: TestClient, body: dict) -> dict:
-    response = client.post("/api/images?wait=120", json=body)
-    assert response.status_code == 200, response.text
-    job = response.json()
-    assert job["status"] == "succeeded", job["error"]
-    return job
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +61,7 @@ def test_depth_formats(
 ):
     plate = write_image(workspace / "plate.png", SIZE)
     out = workspace / "renders" / name
-    job = run(
+    job = run_job(
         client,
         {
             "model": "depth-anything",
@@ -105,7 +102,7 @@ def test_depth_formats(
 
 def test_exr_by_default_goes_to_the_data_dir_as_exr(client: TestClient, workspace: Path, tmp_path):
     plate = write_image(workspace / "plate.png", (32, 32))
-    job = run(
+    job = run_job(
         client,
         {"model": "depth-anything", "input_image_path": str(plate), "depth_format": "exr"},
     )

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.images.registry import IMAGE_MODELS, TASKS, Mode
-from api.tests.conftest import decode, png_metadata, write_image, write_mask
+from api.tests.conftest import decode, png_metadata, run_job, write_image, write_mask
 
 CASES = [  # external models (gpt-image-1) run against a fake provider: test_gpt_image.py
     (name, mode)
@@ -44,18 +44,10 @@ def request_for(mode: Mode, workspace: Path, **extra) -> dict:
     return body | extra
 
 
-def run(client: TestClient, body: dict) -> dict:
-    response = client.post("/api/images?wait=120", json=body)
-    assert response.status_code == 200, response.text
-    job = response.json()
-    assert job["status"] == "succeeded", job["error"]
-    return job
-
-
 @pytest.mark.parametrize(("model", "mode"), CASES, ids=[f"{m}-{mode}" for m, mode in CASES])
 def test_every_family_and_mode(client: TestClient, workspace: Path, model: str, mode: Mode):
     out = workspace / "renders" / f"{model}.png"
-    job = run(client, request_for(mode, workspace, model=model, output_image_path=str(out)))
+    job = run_job(client, request_for(mode, workspace, model=model, output_image_path=str(out)))
 
     result = job["result"]
     assert result["mode"] == mode
@@ -85,11 +77,11 @@ def test_every_family_and_mode(client: TestClient, workspace: Path, model: str, 
 
 def test_same_request_gives_same_pixels(client: TestClient, workspace: Path):
     body = request_for(Mode.image_to_image, workspace, model="sd1.5")
-    first, second = run(client, body), run(client, body)
+    first, second = run_job(client, body), run_job(client, body)
     a = client.get(first["result"]["images"][0]["url"]).content
     b = client.get(second["result"]["images"][0]["url"]).content
     assert np.array_equal(np.asarray(decode(a)), np.asarray(decode(b)))
-    other = run(client, body | {"seed": 8})
+    other = run_job(client, body | {"seed": 8})
     c = client.get(other["result"]["images"][0]["url"]).content
     assert not np.array_equal(np.asarray(decode(a)), np.asarray(decode(c)))
 
@@ -99,7 +91,7 @@ def test_output_equals_a_direct_diffusers_call(
     client: TestClient, tiny_models: Path, workspace: Path, model: str
 ):
     body = request_for(Mode.text_to_image, workspace, model=model, guidance_scale=3.0)
-    job = run(client, body)
+    job = run_job(client, body)
     served = decode(client.get(job["result"]["images"][0]["url"]).content)
 
     pipe = AutoPipelineForText2Image.from_pretrained(tiny_models / model)
@@ -121,7 +113,7 @@ def test_inpainting_equals_a_direct_call_and_keeps_unmasked_pixels_with_crop(
     client: TestClient, tiny_models: Path, workspace: Path
 ):
     body = request_for(Mode.inpainting, workspace, model="sd1.5", max_width=96, max_height=64)
-    job = run(client, body)
+    job = run_job(client, body)
     served = decode(client.get(job["result"]["images"][0]["url"]).content)
 
     t2i = AutoPipelineForText2Image.from_pretrained(tiny_models / "sd1.5")
@@ -142,7 +134,7 @@ def test_inpainting_equals_a_direct_call_and_keeps_unmasked_pixels_with_crop(
     ).images[0]
     assert np.array_equal(np.asarray(served), np.asarray(direct))
 
-    cropped = run(client, body | {"inpainting_full_image": False})
+    cropped = run_job(client, body | {"inpainting_full_image": False})
     out = np.asarray(decode(client.get(cropped["result"]["images"][0]["url"]).content))
     assert out.shape == (64, 96, 3)
     assert not np.array_equal(out, np.asarray(served))
@@ -150,7 +142,7 @@ def test_inpainting_equals_a_direct_call_and_keeps_unmasked_pixels_with_crop(
 
 def test_image_to_image_direct_call(client: TestClient, tiny_models: Path, workspace: Path):
     body = request_for(Mode.image_to_image, workspace, model="sdxl-refiner")
-    job = run(client, body)
+    job = run_job(client, body)
     served = decode(client.get(job["result"]["images"][0]["url"]).content)
     pipe = AutoPipelineForImage2Image.from_pretrained(tiny_models / "sdxl-refiner")
     plate = Image.open(body["input_image_path"]).convert("RGB").resize((64, 32), Image.LANCZOS)
@@ -167,7 +159,7 @@ def test_image_to_image_direct_call(client: TestClient, tiny_models: Path, works
 
 
 def test_default_output_goes_to_the_data_dir(client: TestClient, workspace: Path, tmp_path):
-    job = run(
+    job = run_job(
         client,
         request_for(
             Mode.text_to_image, workspace, model="sd1.5", seed=None, max_width=48, max_height=80
@@ -188,7 +180,7 @@ def test_data_url_input(client: TestClient, workspace: Path):
 
     plate = write_image(workspace / "plate.png", (64, 64))
     url = "data:image/png;base64," + base64.b64encode(plate.read_bytes()).decode()
-    job = run(
+    job = run_job(
         client,
         {
             "model": "sd1.5",
@@ -210,7 +202,7 @@ def test_upload_then_use_as_input(client: TestClient, workspace: Path):
     assert uploaded.status_code == 201, uploaded.text
     path = uploaded.json()["path"]
     assert Path(path).read_bytes() == plate.read_bytes()
-    job = run(
+    job = run_job(
         client,
         {
             "model": "sd1.5",

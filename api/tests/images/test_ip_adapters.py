@@ -14,14 +14,20 @@ from PIL import Image
 
 from api.images.registry import IP_ADAPTERS, IpAdapterKind, Mode, ScaleLayers
 from api.images.schemas import IpAdapter
-from api.tests.conftest import files_under, png_metadata, write_image, write_mask
+from api.tests.conftest import (
+    assert_nothing_happened,
+    files_under,
+    png_metadata,
+    run_job,
+    write_image,
+    write_mask,
+)
 from api.tests.images.test_controlnets import (
     MEASURABLE,
     body_for,
     control,
     difference,
     pixels,
-    run,
 )
 
 
@@ -46,8 +52,8 @@ KIND_CASES = [
 def test_each_kind(client: TestClient, workspace: Path, model: str, kind: str, layers: str):
     out = workspace / f"{model}_{kind}.png"
     ip = adapter(workspace, kind, scale=1.5, scale_layers=layers)
-    job = run(client, body_for(workspace, model, ip_adapters=[ip], output_image_path=str(out)))
-    plain = run(client, body_for(workspace, model))
+    job = run_job(client, body_for(workspace, model, ip_adapters=[ip], output_image_path=str(out)))
+    plain = run_job(client, body_for(workspace, model))
     assert difference(pixels(client, job), pixels(client, plain)) > MEASURABLE
     subfolder, weight_name = IP_ADAPTERS[model, kind]
     assert png_metadata(out)["ip_adapters"] == [
@@ -74,11 +80,13 @@ def test_two_controlnets_and_two_ip_adapters_one_masked(
         adapter(workspace, "style-plus", seed=12, scale_layers="style"),
     ]
     body = body_for(workspace, model, mode, controlnets=controlnets, ip_adapters=adapters)
-    both = run(client, body)
+    both = run_job(client, body)
     assert both["result"]["mode"] == mode
     assert [a["mask_path"] for a in both["request"]["ip_adapters"]] == [mask, None]
-    unmasked = run(client, body | {"ip_adapters": [adapters[0] | {"mask_path": None}, adapters[1]]})
-    without = run(client, body | {"ip_adapters": []})
+    unmasked = run_job(
+        client, body | {"ip_adapters": [adapters[0] | {"mask_path": None}, adapters[1]]}
+    )
+    without = run_job(client, body | {"ip_adapters": []})
     assert difference(pixels(client, both), pixels(client, unmasked)) > MEASURABLE
     assert difference(pixels(client, both), pixels(client, without)) > MEASURABLE
 
@@ -91,10 +99,10 @@ def test_adapters_leave_no_trace_in_the_cached_pipelines(
     with them (text→image and image→image pipelines share the UNet the adapters go into)."""
     plain = body_for(workspace, model)
     plain_i2i = body_for(workspace, model, Mode.image_to_image)
-    first = pixels(client, run(client, plain))
-    first_i2i = pixels(client, run(client, plain_i2i))
-    run(client, plain | {"ip_adapters": [adapter(workspace), adapter(workspace, "face")]})
-    run(
+    first = pixels(client, run_job(client, plain))
+    first_i2i = pixels(client, run_job(client, plain_i2i))
+    run_job(client, plain | {"ip_adapters": [adapter(workspace), adapter(workspace, "face")]})
+    run_job(
         client,
         plain_i2i
         | {
@@ -102,8 +110,8 @@ def test_adapters_leave_no_trace_in_the_cached_pipelines(
             "controlnets": [control(workspace)],
         },
     )
-    assert np.array_equal(pixels(client, run(client, plain)), first)
-    assert np.array_equal(pixels(client, run(client, plain_i2i)), first_i2i)
+    assert np.array_equal(pixels(client, run_job(client, plain)), first)
+    assert np.array_equal(pixels(client, run_job(client, plain_i2i)), first_i2i)
 
 
 def test_pipelines_keep_their_own_scheduler(tiny_models: Path):
@@ -313,7 +321,4 @@ def test_rejected_at_submit(client: TestClient, workspace: Path, tmp_path: Path,
     error = response.json()["error"]
     assert error["field"] == field
     assert message in error["message"]
-    assert client.get("/api/jobs").json() == []
-    assert files_under(tmp_path / "data" / "uploads") == []
-    assert files_under(tmp_path / "data" / "outputs") == []
-    assert files_under(tmp_path) == before
+    assert_nothing_happened(client, tmp_path, before)

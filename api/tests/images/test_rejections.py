@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.tests.conftest import files_under, write_image, write_mask
+from api.tests.conftest import assert_nothing_happened, files_under, write_image, write_mask
 
 OK = {"model": "sd1.5", "prompt": "x", "num_inference_steps": 2, "max_width": 64, "max_height": 64}
 
@@ -161,13 +161,6 @@ KINDS = [
     "data url then a bad field",
     "all-black mask",
 ]
-
-
-def assert_nothing_happened(client: TestClient, tmp_path: Path, before: list[Path]) -> None:
-    assert client.get("/api/jobs").json() == []
-    assert files_under(tmp_path / "data" / "outputs") == []
-    assert files_under(tmp_path / "data" / "uploads") == []
-    assert files_under(tmp_path) == before
 
 
 @pytest.mark.parametrize("kind", KINDS)

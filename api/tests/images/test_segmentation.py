@@ -12,8 +12,7 @@ from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from api.images.models.segmentation import PALETTE, detector_prompt
 from api.images.registry import GROUNDING_DINO, SEGMENT_MAX_OBJECTS
-from api.tests.conftest import files_under, png_metadata, write_image
-from api.tests.images.test_rejections import assert_nothing_happened
+from api.tests.conftest import assert_nothing_happened, files_under, png_metadata, write_image
 
 SIZE = (80, 56)
 

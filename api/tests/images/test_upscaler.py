@@ -14,16 +14,14 @@ from PIL import Image
 
 from api.images.models.upscaler import tile_starts, upscale
 from api.images.registry import UPSCALE_NOISE_LEVEL, UPSCALE_TILE_OVERLAP
-from api.tests.conftest import decode, files_under, png_metadata, write_image
-from api.tests.images.test_rejections import assert_nothing_happened
-
-
-def run(client: TestClient, body: dict) -> dict:
-    response = client.post("/api/images?wait=120", json=body)
-    assert response.status_code == 200, response.text
-    job = response.json()
-    assert job["status"] == "succeeded", job["error"]
-    return job
+from api.tests.conftest import (
+    assert_nothing_happened,
+    decode,
+    files_under,
+    png_metadata,
+    run_job,
+    write_image,
+)
 
 
 def pixels(client: TestClient, job: dict) -> np.ndarray:
@@ -43,7 +41,7 @@ def test_upscales_4x_in_tiles(client: TestClient, workspace: Path):
         "input_image_path": str(plate),
         "output_image_path": str(out),
     }
-    job = run(client, body)
+    job = run_job(client, body)
     result = job["result"]
     assert result["mode"] == "upscale" and result["seed"] == 7 and result["tiny_weights"]
     [image] = result["images"]
@@ -64,15 +62,15 @@ def test_upscales_4x_in_tiles(client: TestClient, workspace: Path):
     assert client.get(image["url"]).content == out.read_bytes()
 
     first = np.asarray(decode(out.read_bytes()))
-    assert np.array_equal(pixels(client, run(client, body)), first)
-    assert not np.array_equal(pixels(client, run(client, body | {"seed": 8})), first)
+    assert np.array_equal(pixels(client, run_job(client, body)), first)
+    assert not np.array_equal(pixels(client, run_job(client, body | {"seed": 8})), first)
 
 
 def test_one_tile_equals_a_direct_diffusers_call(
     client: TestClient, tiny_models: Path, workspace: Path
 ):
     plate = write_image(workspace / "small.png", (64, 48), seed=3)
-    job = run(
+    job = run_job(
         client,
         {
             "model": "sd-x4-upscaler",

@@ -19,17 +19,47 @@ METADATA_KEY = "deferred-diffusion"
 
 
 def open_image(path: Path, field: str) -> Image.Image:
-    """Decode an input image (PNG, JPEG, WebP, TIFF...) or fail naming ``field``."""
+    """Decode an input image (PNG, JPEG, WebP, TIFF, EXR) or fail naming ``field``."""
     if path.suffix.lower() == ".exr":
-        raise InvalidField(
-            f"{field}: EXR inputs are not supported yet; send PNG, JPEG or WebP", field
-        )
+        return _open_exr(path.read_bytes(), field)
     try:
         with Image.open(path) as image:
             image.load()
             return image.copy()
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidField(f"{field} {str(path)!r} is not a readable image: {exc}", field) from None
+
+
+def check_image_file(path: Path, field: str) -> None:
+    """Fail naming ``field`` unless ``path`` is an image this server can read."""
+    if path.suffix.lower() == ".exr":
+        _open_exr(path.read_bytes(), field)
+        return
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as exc:  # PIL raises many types for broken files
+        raise InvalidField(f"{field} {str(path)!r} is not a readable image: {exc}", field) from None
+
+
+def _open_exr(data: bytes, field: str) -> Image.Image:
+    """An OpenEXR plate (scene-linear float) as the 8-bit sRGB picture the models take:
+    RGB(A) or a single channel (Y, or the first), the sRGB transfer curve, clipped to 0-1."""
+    import numpy as np
+    import OpenEXR
+
+    try:
+        channels = OpenEXR.File(io.BytesIO(data)).channels()
+    except Exception as exc:  # the binding raises plain exceptions for bad files
+        raise InvalidField(f"{field} is not a readable OpenEXR image: {exc}", field) from None
+    name = next((n for n in ("RGBA", "RGB", "Y") if n in channels), next(iter(channels), None))
+    if name is None:
+        raise InvalidField(f"{field}: the OpenEXR image has no channels", field)
+    pixels = np.asarray(channels[name].pixels, dtype=np.float32)
+    pixels = pixels[..., :3] if pixels.ndim == 3 else pixels
+    linear = np.clip(np.nan_to_num(pixels), 0.0, 1.0)
+    srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    return Image.fromarray(np.round(srgb * 255).astype(np.uint8))
 
 
 def decode_data_url(value: str, field: str) -> tuple[bytes, str]:
@@ -51,7 +81,11 @@ def decode_image_bytes(data: bytes) -> Image.Image:
         return image.copy()
 
 
-def check_image_bytes(data: bytes, field: str) -> None:
+def check_image_bytes(data: bytes, field: str, suffix: str = "") -> None:
+    """Fail naming ``field`` unless ``data`` is an image this server can read."""
+    if suffix.lower() == ".exr":
+        _open_exr(data, field)
+        return
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()

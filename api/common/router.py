@@ -19,7 +19,7 @@ from api.common.files import atomic_write
 from api.common.media import check_image_bytes
 
 MAX_UPLOAD_BYTES = 512 * 2**20
-UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr")
 
 router = APIRouter()
 health_router = APIRouter()
@@ -92,7 +92,7 @@ async def upload_file(request: Request, file: UploadFile) -> UploadedFile:
     data = await file.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB", "file")
-    await run_in_threadpool(check_image_bytes, data, "file")
+    await run_in_threadpool(check_image_bytes, data, "file", suffix)
     services = request.app.state.services
     path = services.data_dir / "uploads" / f"{uuid.uuid4().hex}{suffix}"
     await run_in_threadpool(atomic_write, path, data)

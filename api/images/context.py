@@ -18,6 +18,7 @@ from api.common.files import atomic_write
 from api.common.media import (
     IMAGE_OUTPUT_SUFFIXES,
     check_image_bytes,
+    check_image_file,
     decode_data_url,
     decode_image_bytes,
     open_image,
@@ -82,12 +83,7 @@ class InputImages:
             path = self.services.data_dir / "uploads" / f"{uuid.uuid4().hex}{suffix}"
             self._pending[str(path)] = data
             return str(path)
-        path = self.services.paths.resolve_input_path(value, field)
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except Exception as exc:
-            raise InvalidField(f"{field} {value!r} is not a readable image: {exc}", field) from None
+        check_image_file(self.services.paths.resolve_input_path(value, field), field)
         return value
 
     def open(self, checked: str, field: str) -> Image.Image:

@@ -213,3 +213,49 @@ def test_upload_then_use_as_input(client: TestClient, workspace: Path):
         },
     )
     assert job["result"]["mode"] == "image_to_image"
+
+
+def write_exr(path: Path, pixels: np.ndarray) -> Path:
+    import OpenEXR
+
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    name = "RGB" if pixels.ndim == 3 else "Y"
+    OpenEXR.File(header, {name: pixels.astype(np.float32)}).write(str(path))
+    return path
+
+
+def test_exr_plate_and_mask(client: TestClient, workspace: Path):
+    """Scene-linear EXR inputs: the plate goes through the sRGB curve, the mask is read as is."""
+    rng = np.random.default_rng(0)
+    linear = rng.uniform(0, 1.5, (48, 64, 3))  # over-range values are clipped
+    plate = write_exr(workspace / "plate.exr", linear)
+    mask_values = np.zeros((48, 64))
+    mask_values[12:36, 16:48] = 1.0
+    mask = write_exr(workspace / "mask.exr", mask_values)
+    job = run_job(
+        client,
+        {
+            "model": "sd1.5",
+            "prompt": "x",
+            "num_inference_steps": 2,
+            "strength": 0.75,
+            "max_width": 64,
+            "max_height": 64,
+            "input_image_path": str(plate),
+            "input_mask_path": str(mask),
+        },
+    )
+    assert job["result"]["mode"] == "inpainting"
+    assert (job["result"]["images"][0]["width"], job["result"]["images"][0]["height"]) == (64, 48)
+
+    from api.common.media import open_image
+
+    decoded = np.asarray(open_image(plate, "input_image_path"), dtype=np.float64) / 255
+    clipped = linear.clip(0, 1)
+    expected = np.where(clipped <= 0.0031308, 12.92 * clipped, 1.055 * clipped ** (1 / 2.4) - 0.055)
+    assert np.abs(decoded - expected).max() <= 0.5 / 255 + 1e-6
+
+    uploaded = client.post("/api/files", files={"file": ("p.exr", plate.read_bytes())})
+    assert uploaded.status_code == 201, uploaded.text
+    broken = client.post("/api/files", files={"file": ("p.exr", b"not an exr")})
+    assert broken.status_code == 422 and broken.json()["error"]["field"] == "file"

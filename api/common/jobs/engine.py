@@ -66,6 +66,8 @@ class JobEngine:
 
     # A waiting client re-reads the job at least this often, even without a notice.
     POLL_SECONDS = 1.0
+    # A follower with nothing new gets a comment line this often (SSE keep-alive).
+    KEEPALIVE_SECONDS = 15.0
 
     def __init__(self, store: JobStore, handlers: dict[str, JobHandler], devices: list[str]):
         self.store = store
@@ -122,27 +124,44 @@ class JobEngine:
                     await asyncio.wait_for(changed.wait(), min(left, self.POLL_SECONDS))
 
     async def follow(self, job_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """(event, data) pairs: ``status`` and ``progress`` as they change, then ``result``
-        or ``error`` (or a last ``status`` for a cancelled job); ends when the job does."""
-        last_status = last_progress = None
+        """(event, data) pairs: ``status`` (also when the queue position moves) and
+        ``progress`` as they change, then ``result`` or ``error`` (a cancelled job ends on
+        its ``status``); ``keepalive`` after a quiet spell, so proxies keep the stream open.
+        Ends when the job does."""
+        loop = asyncio.get_running_loop()
+        last_state = last_progress = None
+        quiet_since = loop.time()
         with self.events.watch(job_id, progress=True) as changed:
             while True:
                 changed.clear()
                 job = await self.get(job_id)
-                if job.status != last_status:
-                    last_status = job.status
-                    yield (
-                        "status",
-                        {"id": job.id, "status": job.status, "queue_position": job.queue_position},
+                events: list[tuple[str, dict[str, Any]]] = []
+                if (job.status, job.queue_position) != last_state:
+                    last_state = (job.status, job.queue_position)
+                    events.append(
+                        (
+                            "status",
+                            {
+                                "id": job.id,
+                                "status": job.status,
+                                "queue_position": job.queue_position,
+                            },
+                        )
                     )
                 if job.progress is not None and job.progress != last_progress:
                     last_progress = job.progress
-                    yield "progress", job.progress.model_dump()
+                    events.append(("progress", job.progress.model_dump()))
                 if job.finished:
                     if job.result is not None:
-                        yield "result", job.result
+                        events.append(("result", job.result))
                     if job.error is not None:
-                        yield "error", job.error.model_dump()
+                        events.append(("error", job.error.model_dump()))
+                if not events and loop.time() - quiet_since >= self.KEEPALIVE_SECONDS:
+                    events.append(("keepalive", {}))
+                for event in events:
+                    yield event
+                    quiet_since = loop.time()
+                if job.finished:
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), self.POLL_SECONDS)

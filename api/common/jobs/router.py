@@ -74,7 +74,10 @@ async def job_events(request: Request, job_id: str) -> StreamingResponse:
 
     async def stream() -> AsyncIterator[str]:
         async for event, data in engine.follow(job_id):
-            yield f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+            if event == "keepalive":
+                yield ": keepalive\n\n"  # a comment: clients ignore it, proxies see traffic
+            else:
+                yield f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}

@@ -155,3 +155,26 @@ def test_unknown_job(client: TestClient):
     ):
         assert response.status_code == 404
         assert response.json()["error"]["type"] == "not_found"
+
+
+def test_events_of_a_queued_job_keep_alive_and_follow_the_queue(client: TestClient):
+    client.app.state.engine.KEEPALIVE_SECONDS = 0.3
+    busy = client.post("/api/images", json=SLOW).json()
+    middle = client.post("/api/images", json=QUICK).json()
+    last = client.post("/api/images", json=QUICK).json()
+    lines = []
+    with client.stream("GET", f"/api/jobs/{last['id']}/events") as stream:
+        for line in stream.iter_lines():
+            lines.append(line)
+            if line == ": keepalive" and lines.count(": keepalive") == 2:
+                client.delete(f"/api/jobs/{middle['id']}")  # the queue moves up...
+            if line.startswith("data: ") and '"queue_position": 1' in line:
+                client.delete(f"/api/jobs/{busy['id']}")  # ...and the runner frees up
+    positions = [
+        json.loads(line[len("data: ") :])["queue_position"]
+        for line, previous in zip(lines[1:], lines, strict=False)
+        if previous == "event: status"
+    ]
+    assert positions[:2] == [2, 1] and positions[-1] is None
+    assert lines.count(": keepalive") >= 2
+    assert "event: result" in lines

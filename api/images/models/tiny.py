@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
+import transformers
 from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
@@ -519,6 +521,12 @@ def build_tiny_image_models(models_dir: Path, names: Iterable[str] | None = None
         raise ValueError(f"unknown tiny image models: {unknown}; known: {list(known)}")
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    for name in selected:
-        _write_model(models_dir, name, known[name])
+    diffusers.utils.logging.disable_progress_bar()  # no "Writing model shards" bars
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        for name in selected:
+            _write_model(models_dir, name, known[name])
+    finally:
+        diffusers.utils.logging.enable_progress_bar()
+        transformers.utils.logging.enable_progress_bar()
     return selected

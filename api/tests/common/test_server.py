@@ -198,3 +198,26 @@ def test_open_bind_allowed_with_keys_or_opt_in(tmp_path: Path):
     assert Settings(host="0.0.0.0", api_keys=["k"], data_dir=tmp_path).host == "0.0.0.0"
     assert Settings(host="0.0.0.0", allow_no_auth=True, data_dir=tmp_path).allow_no_auth
     assert Settings(host="::1", data_dir=tmp_path).host == "::1"
+
+
+def test_weights_from_the_hugging_face_cache(make_client, tiny_models: Path, tmp_path, monkeypatch):
+    """No DD_MODELS_DIR copy: the weights are found in the Hugging Face cache layout."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--stable-diffusion-v1-5--stable-diffusion-v1-5"
+    shutil.copytree(tiny_models / "sd1.5", repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    client = make_client(models_dir=empty)
+    models = {m["name"]: m for m in client.get("/api/models").json()}
+    assert models["sd1.5"]["weights"]["source"] == "hf_cache"
+    assert models["sd1.5"]["weights"]["present"] is True
+    assert models["sdxl"]["weights"]["present"] is False
+    job = client.post("/api/images?wait=60", json=QUICK).json()
+    assert job["status"] == "succeeded", job["error"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import __version__
@@ -26,6 +26,9 @@ from api.images import router as images
 from api.images import service as image_service
 
 log = logging.getLogger("api")
+
+# Refused before the body is read: an upload's limit plus room for the multipart framing.
+MAX_REQUEST_BYTES = common.MAX_UPLOAD_BYTES + 2**20
 
 
 def error_response(status: int, type_: str, message: str, field: str | None) -> JSONResponse:
@@ -101,6 +104,20 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
     app.state.engine = engine
     app.state.catalogs = [image_service.describe_models]
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
+            return error_response(
+                413,
+                "payload_too_large",
+                f"request body over {MAX_REQUEST_BYTES // 2**20} MiB",
+                None,
+            )
+        return await call_next(request)
 
     guarded = [Depends(common.require_api_key)]
     app.include_router(common.health_router)

@@ -81,11 +81,7 @@ def decode_image_bytes(data: bytes) -> Image.Image:
         return image.copy()
 
 
-def check_image_bytes(data: bytes, field: str, suffix: str = "") -> None:
-    """Fail naming ``field`` unless ``data`` is an image this server can read."""
-    if suffix.lower() == ".exr":
-        _open_exr(data, field)
-        return
+def check_image_bytes(data: bytes, field: str) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,9 @@ from starlette.concurrency import run_in_threadpool
 from api import __version__
 from api.common.devices import describe
 from api.common.errors import InvalidField, NotFound, PayloadTooLarge, Unauthorized
-from api.common.files import atomic_write
-from api.common.media import check_image_bytes
+from api.common.media import check_image_file
 
-MAX_UPLOAD_BYTES = 512 * 2**20
+MAX_UPLOAD_BYTES = 2**30  # a 4K float EXR plate is ~150 MB
 UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr")
 
 router = APIRouter()
@@ -89,14 +89,27 @@ async def upload_file(request: Request, file: UploadFile) -> UploadedFile:
     suffix = Path(file.filename or "").suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
         raise InvalidField(f"file must be one of {', '.join(UPLOAD_SUFFIXES)}", "file")
-    data = await file.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
+    if file.size is not None and file.size > MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB", "file")
-    await run_in_threadpool(check_image_bytes, data, "file", suffix)
     services = request.app.state.services
     path = services.data_dir / "uploads" / f"{uuid.uuid4().hex}{suffix}"
-    await run_in_threadpool(atomic_write, path, data)
+    await run_in_threadpool(_store_upload, file, path)
     return UploadedFile(path=services.paths.to_client(path))
+
+
+def _store_upload(file: UploadFile, path: Path) -> None:
+    """Copy the (already spooled) upload into place, then keep it only if it is an image."""
+    part = path.with_name(f".{path.stem}.part{path.suffix}")  # hidden until checked
+    part.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with part.open("wb") as out:
+            shutil.copyfileobj(file.file, out, 2**20)
+        if part.stat().st_size > MAX_UPLOAD_BYTES:
+            raise PayloadTooLarge(f"file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB", "file")
+        check_image_file(part, "file")
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 @router.get(

@@ -201,3 +201,22 @@ def test_upload_rejections(client: TestClient, tmp_path: Path):
     broken = client.post("/api/files", files={"file": ("a.png", b"not png", "image/png")})
     assert broken.status_code == 422 and broken.json()["error"]["field"] == "file"
     assert_nothing_happened(client, tmp_path, before)
+
+
+def test_oversized_bodies_are_refused(client: TestClient, workspace: Path, tmp_path, monkeypatch):
+    import api.common.router
+    import api.main
+
+    before = files_under(tmp_path)
+    monkeypatch.setattr(api.main, "MAX_REQUEST_BYTES", 200)
+    big = client.post("/api/images", json=OK | {"prompt": "x" * 300})
+    assert big.status_code == 413 and big.json()["error"]["type"] == "payload_too_large"
+    assert_nothing_happened(client, tmp_path, before)
+
+    monkeypatch.setattr(api.main, "MAX_REQUEST_BYTES", 2**30)
+    monkeypatch.setattr(api.common.router, "MAX_UPLOAD_BYTES", 100)
+    data = write_image(workspace / "p.png").read_bytes()
+    before = files_under(tmp_path)
+    upload = client.post("/api/files", files={"file": ("p.png", data, "image/png")})
+    assert upload.status_code == 413 and upload.json()["error"]["field"] == "file"
+    assert_nothing_happened(client, tmp_path, before)

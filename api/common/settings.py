@@ -24,7 +24,7 @@ def default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Speed:
-    """How the diffusion models are tuned on CUDA (DD_COMPILE, DD_CHANNELS_LAST).
+    """How the diffusion models run on CUDA (DD_COMPILE, DD_CHANNELS_LAST, DD_PRECISION).
 
     compile: ``auto`` = ``regional`` where Triton is installed, else ``off``; ``regional``
     compiles only the repeated transformer blocks (a first request of seconds, not minutes);
@@ -33,6 +33,7 @@ class Speed:
 
     compile: str = "off"
     channels_last: bool = False
+    precision: str = "auto"
 
 
 class Settings(BaseSettings):
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     # Speed (CUDA only; the CPU path always runs plain eager PyTorch).
     compile: Literal["auto", "off", "regional", "full"] = "auto"
     channels_last: bool = True
+    precision: Literal["auto", "bf16", "fp16"] = "auto"
     compile_cache_dir: Path | None = None
 
     @field_validator("device")
@@ -103,7 +105,7 @@ class Settings(BaseSettings):
 
     @property
     def speed(self) -> Speed:
-        return Speed(self.compile, self.channels_last)
+        return Speed(self.compile, self.channels_last, self.precision)
 
     @property
     def resolved_data_dir(self) -> Path:

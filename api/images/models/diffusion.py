@@ -66,12 +66,14 @@ CANNY_THRESHOLDS = (100, 200)
 Progress = Callable[[int, int], None]
 
 
-def dtype_for(family: str, device: str) -> torch.dtype:
-    """fp32 on the CPU; bf16 on GPUs that have it (no fp16 overflow, so SDXL's VAE needs no
-    float32 upcast), else fp16."""
+def dtype_for(device: str, precision: str) -> torch.dtype:
+    """fp32 on the CPU. On CUDA, ``DD_PRECISION``: ``auto`` is bf16 on GPUs that have it (no
+    fp16 overflow, so SDXL's VAE needs no float32 upcast for each decode), else fp16."""
     if not device.startswith("cuda"):
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @dataclass
@@ -106,7 +108,7 @@ def load_model(
 ) -> LoadedModel:
     """``from_pretrained`` exactly as for downloaded weights, straight onto the device."""
     base_mode = Mode.text_to_image if Mode.text_to_image in model.modes else Mode.image_to_image
-    kwargs: dict[str, Any] = {"torch_dtype": dtype_for(model.family, device)}
+    kwargs: dict[str, Any] = {"torch_dtype": dtype_for(device, speed.precision)}
     if model.family == "sd1.5":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     on_gpu = device.startswith("cuda")
@@ -122,18 +124,18 @@ def load_model(
     return LoadedModel(pipe, base_mode, {base_mode: pipe})
 
 
-def load_controlnet(family: str, weights: Weights, device: str, low_vram: bool) -> Any:
+def load_controlnet(
+    family: str, weights: Weights, device: str, low_vram: bool, dtype: torch.dtype
+) -> Any:
     """The family's ControlNet class, ``from_pretrained`` like the base model."""
-    controlnet = CONTROLNET_CLASSES[family].from_pretrained(
-        weights.location, torch_dtype=dtype_for(family, device)
-    )
+    controlnet = CONTROLNET_CLASSES[family].from_pretrained(weights.location, torch_dtype=dtype)
     return controlnet if low_vram else controlnet.to(device)
 
 
-def load_image_encoder(weights: Weights, family: str, device: str, low_vram: bool) -> Any:
+def load_image_encoder(weights: Weights, device: str, low_vram: bool, dtype: torch.dtype) -> Any:
     """The IP-Adapters' CLIP image encoder (``models/image_encoder`` of h94/IP-Adapter)."""
     encoder = CLIPVisionModelWithProjection.from_pretrained(
-        weights.location, subfolder=IP_ADAPTER_IMAGE_ENCODER, dtype=dtype_for(family, device)
+        weights.location, subfolder=IP_ADAPTER_IMAGE_ENCODER, dtype=dtype
     )
     return encoder if low_vram else encoder.to(device)
 
@@ -151,6 +153,7 @@ def _resident(runtime: Runtime, key: tuple, load: Callable[[], Any], weights: We
 def controlnets(ctx: ImageContext, runtime: Runtime, low_vram: bool) -> list[Any]:
     """The request's ControlNets, each loaded once per device and kept like a model."""
     family = ctx.model.family
+    dtype = dtype_for(runtime.device, runtime.speed.precision)
     loaded = []
     for controlnet in ctx.request.controlnets:
         name, repo = CONTROLNETS[family, controlnet.model]
@@ -159,7 +162,9 @@ def controlnets(ctx: ImageContext, runtime: Runtime, low_vram: bool) -> list[Any
             _resident(
                 runtime,
                 (name, low_vram),
-                lambda weights=weights: load_controlnet(family, weights, runtime.device, low_vram),
+                lambda weights=weights: load_controlnet(
+                    family, weights, runtime.device, low_vram, dtype
+                ),
                 weights,
             )
         )
@@ -184,10 +189,11 @@ def ip_adapter_weights(ctx: ImageContext, runtime: Runtime) -> Weights:
 
 def image_encoder(ctx: ImageContext, runtime: Runtime, weights: Weights, low_vram: bool) -> Any:
     """The image encoder every IP-Adapter shares, loaded once per device and dtype."""
-    family, device = ctx.model.family, runtime.device
-    key = (IP_ADAPTER_WEIGHTS[0], "image_encoder", str(dtype_for(family, device)), low_vram)
+    device = runtime.device
+    dtype = dtype_for(device, runtime.speed.precision)
+    key = (IP_ADAPTER_WEIGHTS[0], "image_encoder", str(dtype), low_vram)
     return _resident(
-        runtime, key, lambda: load_image_encoder(weights, family, device, low_vram), weights
+        runtime, key, lambda: load_image_encoder(weights, device, low_vram, dtype), weights
     )
 
 

@@ -136,5 +136,20 @@ def assert_nothing_happened(client: TestClient, tmp_path: Path, before: list[Pat
     assert files_under(tmp_path) == before
 
 
+def assert_rejected(
+    client: TestClient, tmp_path: Path, body: dict, status: int, field: str, message: str = ""
+) -> dict:
+    """Submit ``body``: refused with ``status`` naming ``field`` (and saying ``message``),
+    with no job created and nothing written. Returns the error."""
+    before = files_under(tmp_path)
+    response = client.post("/api/images?wait=5", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field
+    assert message in error["message"]
+    assert_nothing_happened(client, tmp_path, before)
+    return error
+
+
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []

@@ -15,8 +15,7 @@ from PIL import Image
 from api.images.registry import IP_ADAPTERS, IpAdapterKind, Mode, ScaleLayers
 from api.images.schemas import IpAdapter
 from api.tests.conftest import (
-    assert_nothing_happened,
-    files_under,
+    assert_rejected,
     png_metadata,
     run_job,
     write_image,
@@ -314,11 +313,4 @@ REJECTIONS = {
 @pytest.mark.parametrize("kind", list(REJECTIONS))
 def test_rejected_at_submit(client: TestClient, workspace: Path, tmp_path: Path, kind: str):
     make, status, field, message = REJECTIONS[kind]
-    body = make(workspace, tmp_path)
-    before = files_under(tmp_path)
-    response = client.post("/api/images?wait=5", json=body)
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["field"] == field
-    assert message in error["message"]
-    assert_nothing_happened(client, tmp_path, before)
+    assert_rejected(client, tmp_path, make(workspace, tmp_path), status, field, message)

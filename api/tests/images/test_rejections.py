@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.tests.conftest import assert_nothing_happened, files_under, write_image, write_mask
+from api.tests.conftest import (
+    assert_nothing_happened,
+    assert_rejected,
+    files_under,
+    write_image,
+    write_mask,
+)
 
 OK = {"model": "sd1.5", "prompt": "x", "num_inference_steps": 2, "max_width": 64, "max_height": 64}
 
@@ -166,14 +172,9 @@ KINDS = [
 @pytest.mark.parametrize("kind", KINDS)
 def test_rejected_at_submit(client: TestClient, workspace: Path, tmp_path: Path, kind: str):
     body, status, field = prepare(kind, workspace, tmp_path)
-    before = files_under(tmp_path)
-    response = client.post("/api/images?wait=5", json=body)
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["field"] == field
+    error = assert_rejected(client, tmp_path, body, status, field)
     assert field.split(".")[0] in error["message"] or kind in ("unsupported field",)
     assert error["type"] in ("invalid_field", "forbidden")
-    assert_nothing_happened(client, tmp_path, before)
 
 
 def test_malformed_json(client: TestClient, tmp_path: Path):

@@ -76,9 +76,15 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
     """The server. ``devices`` overrides DD_DEVICE (tests use ["cpu"])."""
     settings = settings or load_settings()
     services = Services.from_settings(settings)
+    image_service.check_warm_up(settings.warmup)
     store = JobStore(services.data_dir / "jobs.sqlite3")
     handlers = {"images": functools.partial(image_service.run_image_job, services)}
-    engine = JobEngine(store, handlers, devices or compute_devices(settings.device))
+    warm_up = (
+        functools.partial(image_service.warm_up, services, settings.warmup)
+        if settings.warmup
+        else None
+    )
+    engine = JobEngine(store, handlers, devices or compute_devices(settings.device), warm_up)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -58,6 +58,7 @@ def health(request: Request) -> dict[str, Any]:
         "version": __version__,
         "devices": [describe(device) for device in engine.devices],
         "queue": engine.store.queue_depth(),
+        "warming_up": [runner.device for runner in engine.runners if runner.warming],
     }
     if tiny:
         body["warning"] = (

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from api import __version__
 from api.common.files import write_output
@@ -15,6 +19,7 @@ from api.common.jobs.schemas import Job
 from api.common.media import encode_exr, encode_image
 from api.common.models import Weights, find_weights, require_weights
 from api.common.services import Services
+from api.common.settings import SettingsError
 from api.images.context import (
     ImageContext,
     Picture,
@@ -33,10 +38,13 @@ from api.images.registry import (
     IP_ADAPTERS,
     WITHOUT_ADAPTERS,
     ImageModel,
+    Mode,
 )
 from api.images.schemas import ImageOutput, ImageRequest, ImageResult
 
-__all__ = ["describe_models", "run_image_job", "validate_request"]
+__all__ = ["check_warm_up", "describe_models", "run_image_job", "validate_request", "warm_up"]
+
+log = logging.getLogger("api.images")
 
 # Family → module under api/images/models/ with ``generate(ctx, runtime)``.
 FAMILY_MODULES = dict.fromkeys(DIFFUSION_FAMILIES, "diffusion")
@@ -130,6 +138,68 @@ def _describe_extra_weights(services: Services, name: str, repo: str) -> dict[st
     }
 
 
+def make_runtime(services: Services, device: str, progress: Callable[[int, int], None]) -> Runtime:
+    return Runtime(
+        device=device,
+        cache=services.model_cache(device),
+        progress=progress,
+        find=functools.partial(
+            _require_weights, services.models_dir, services.settings.allow_downloads
+        ),
+        speed=services.settings.speed,
+    )
+
+
+def check_warm_up(names: list[str]) -> None:
+    """DD_WARMUP may name the diffusion models only (they are what compiles)."""
+    wrong = [
+        name
+        for name in names
+        if name not in IMAGE_MODELS or IMAGE_MODELS[name].family not in DIFFUSION_FAMILIES
+    ]
+    if wrong:
+        choices = [m.name for m in IMAGE_MODELS.values() if m.family in DIFFUSION_FAMILIES]
+        raise SettingsError(
+            f"invalid settings:\n  DD_WARMUP: {', '.join(wrong)} can't be warmed up; "
+            f"name diffusion models: {', '.join(choices)}"
+        )
+
+
+def warm_up(services: Services, names: list[str], device: str) -> None:
+    """Load the named models on ``device`` before the first job, and run each once (two
+    steps at its native size) so that DD_COMPILE's compilation happens now, not then."""
+    from api.images.models import diffusion
+
+    for name in names:
+        model = IMAGE_MODELS[name]
+        started = time.perf_counter()
+        mode = Mode.text_to_image if Mode.text_to_image in model.modes else Mode.image_to_image
+        plate = Image.new("RGB", (model.width, model.height), (128, 128, 128))
+        request = ImageRequest(
+            model=name,
+            prompt="warm-up",
+            seed=0,
+            num_inference_steps=2,
+            guidance_scale=model.guidance_scale,
+            strength=1.0,
+            max_width=model.width,
+            max_height=model.height,
+        )
+        image_context = ImageContext(
+            model,
+            mode,
+            request,
+            model.width,
+            model.height,
+            0,
+            plate if mode == Mode.image_to_image else None,
+            None,
+            None,
+        )
+        diffusion.generate(image_context, make_runtime(services, device, lambda *_: None))
+        log.info("%s warmed up on %s in %.1f s", name, device, time.perf_counter() - started)
+
+
 def run_image_job(services: Services, job: Job, context: JobContext) -> dict[str, Any]:
     """Run the model a job asks for and write its outputs where the request says."""
     request = ImageRequest.model_validate(job.request)
@@ -137,15 +207,7 @@ def run_image_job(services: Services, job: Job, context: JobContext) -> dict[str
     module = importlib.import_module(
         f"api.images.models.{FAMILY_MODULES[image_context.model.family]}"
     )  # torch, diffusers and transformers load with the first job
-    runtime = Runtime(
-        device=context.device,
-        cache=services.model_cache(context.device),
-        progress=context.progress,
-        find=functools.partial(
-            _require_weights, services.models_dir, services.settings.allow_downloads
-        ),
-        speed=services.settings.speed,
-    )
+    runtime = make_runtime(services, context.device, context.progress)
     pictures, timings = module.generate(image_context, runtime)
     context.check_cancelled()  # cancelled during the last step: write nothing
 

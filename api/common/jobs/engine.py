@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from api.common.jobs.runner import JobHandler, Runner
@@ -69,10 +69,17 @@ class JobEngine:
     # A follower with nothing new gets a comment line this often (SSE keep-alive).
     KEEPALIVE_SECONDS = 15.0
 
-    def __init__(self, store: JobStore, handlers: dict[str, JobHandler], devices: list[str]):
+    def __init__(
+        self,
+        store: JobStore,
+        handlers: dict[str, JobHandler],
+        devices: list[str],
+        warm_up: Callable[[str], None] | None = None,
+    ):
         self.store = store
         self.handlers = handlers
         self.devices = devices
+        self.warm_up = warm_up  # run by each runner (with its device) before its first job
         self.events = JobEvents()
         self._wake = threading.Condition()
         self.runners: list[Runner] = []
@@ -82,7 +89,7 @@ class JobEngine:
         self.events.bind(loop)
         interrupted = self.store.fail_interrupted()
         self.runners = [
-            Runner(device, self.store, self.handlers, self.events.publish, self._wake)
+            Runner(device, self.store, self.handlers, self.events.publish, self._wake, self.warm_up)
             for device in self.devices
         ]
         for runner in self.runners:

@@ -64,8 +64,11 @@ class Runner(threading.Thread):
         handlers: dict[str, JobHandler],
         publish: Callable[[str, bool], None],
         wake: threading.Condition,
+        warm_up: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(name=f"runner-{device}", daemon=True)
+        self.warm_up = warm_up
+        self.warming = warm_up is not None
         self.device = device
         self.store = store
         self.handlers = handlers
@@ -79,6 +82,13 @@ class Runner(threading.Thread):
             self.wake.notify_all()
 
     def run(self) -> None:
+        if self.warm_up is not None:
+            try:
+                self.warm_up(self.device)
+            except Exception:  # a model that can't warm up fails its jobs later, clearly
+                log.exception("warm-up on %s failed", self.device)
+            finally:
+                self.warming = False
         while not self.stopping.is_set():
             job = self.store.claim_next(self.name)
             if job is None:

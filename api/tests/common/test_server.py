@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,23 @@ def test_weights_from_the_hugging_face_cache(make_client, tiny_models: Path, tmp
     assert models["sdxl"]["weights"]["present"] is False
     job = client.post("/api/images?wait=60", json=QUICK).json()
     assert job["status"] == "succeeded", job["error"]
+
+
+def test_warm_up_loads_models_before_the_first_job(make_client):
+    client = make_client(warmup=["sd1.5", "sdxl-refiner"])
+    deadline = time.monotonic() + 60
+    while client.get("/health").json()["warming_up"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    models = {m["name"]: m for m in client.get("/api/models").json()}
+    assert models["sd1.5"]["loaded_on"] == ["cpu"]
+    assert models["sdxl-refiner"]["loaded_on"] == ["cpu"]
+    assert client.get("/api/jobs").json() == []  # no job was made for it
+    assert client.post("/api/images?wait=60", json=QUICK).json()["status"] == "succeeded"
+
+
+def test_warm_up_names_diffusion_models_only(make_settings):
+    from api.main import create_app
+
+    with pytest.raises(SettingsError, match="DD_WARMUP: depth-anything, sd9"):
+        create_app(make_settings(warmup=["sd1.5", "depth-anything", "sd9"]), devices=["cpu"])

@@ -61,6 +61,8 @@ class ImageModel:
     api_key_env: str | None = None  # external: the environment variable with the provider's key
     # other weights the model runs with: (folder name in DD_MODELS_DIR, Hugging Face repo)
     extra_weights: tuple[tuple[str, str], ...] = ()
+    # the repo's half-precision copy of its weights (e.g. "fp16"): what a GPU loads from it
+    variant: str | None = None
 
     @property
     def task(self) -> Mode | None:
@@ -78,15 +80,34 @@ def _diffusion(
     guidance: float,
     modes: frozenset[Mode] = GENERATIVE,
     negative_prompt: bool = True,
+    variant: str | None = None,
 ) -> ImageModel:
-    return ImageModel(name, family, repo, modes, size, size, steps, guidance, negative_prompt)
+    return ImageModel(
+        name, family, repo, modes, size, size, steps, guidance, negative_prompt, variant=variant
+    )
 
 
 IMAGE_MODELS: dict[str, ImageModel] = {
     model.name: model
     for model in (
-        _diffusion("sd1.5", "sd1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5", 512, 30, 7.5),
-        _diffusion("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 1024, 30, 5.0),
+        _diffusion(
+            "sd1.5",
+            "sd1.5",
+            "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            512,
+            30,
+            7.5,
+            variant="fp16",
+        ),
+        _diffusion(
+            "sdxl",
+            "sdxl",
+            "stabilityai/stable-diffusion-xl-base-1.0",
+            1024,
+            30,
+            5.0,
+            variant="fp16",
+        ),
         _diffusion(
             "sdxl-refiner",
             "sdxl",
@@ -95,6 +116,7 @@ IMAGE_MODELS: dict[str, ImageModel] = {
             30,
             5.0,
             modes=frozenset({Mode.image_to_image, Mode.inpainting}),
+            variant="fp16",
         ),
         _diffusion("RealVisXL", "sdxl", "SG161222/RealVisXL_V4.0", 1024, 30, 5.0),
         _diffusion("Fluently-XL", "sdxl", "fluently/Fluently-XL-v4", 1024, 30, 5.0),

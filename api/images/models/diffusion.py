@@ -108,10 +108,12 @@ def load_model(
 ) -> LoadedModel:
     """``from_pretrained`` exactly as for downloaded weights, straight onto the device."""
     base_mode = Mode.text_to_image if Mode.text_to_image in model.modes else Mode.image_to_image
-    kwargs: dict[str, Any] = {"torch_dtype": dtype_for(device, speed.precision)}
+    kwargs: dict[str, Any] = {"dtype": dtype_for(device, speed.precision)}
     if model.family == "sd1.5":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     on_gpu = device.startswith("cuda")
+    if on_gpu and has_variant(model, weights):
+        kwargs["variant"] = model.variant  # half the bytes to read (or download)
     if on_gpu and not low_vram:
         kwargs["device_map"] = "cuda"
     with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():
@@ -124,11 +126,21 @@ def load_model(
     return LoadedModel(pipe, base_mode, {base_mode: pipe})
 
 
+def has_variant(model: ImageModel, weights: Weights) -> bool:
+    """Whether to load the repo's half-precision files: a download fetches only those; a
+    local copy uses them where it has them (a full-precision-only copy loads as it is)."""
+    if model.variant is None:
+        return False
+    if weights.source == "download":
+        return True
+    return any(Path(weights.location).glob(f"*/*.{model.variant}.safetensors"))
+
+
 def load_controlnet(
     family: str, weights: Weights, device: str, low_vram: bool, dtype: torch.dtype
 ) -> Any:
     """The family's ControlNet class, ``from_pretrained`` like the base model."""
-    controlnet = CONTROLNET_CLASSES[family].from_pretrained(weights.location, torch_dtype=dtype)
+    controlnet = CONTROLNET_CLASSES[family].from_pretrained(weights.location, dtype=dtype)
     return controlnet if low_vram else controlnet.to(device)
 
 

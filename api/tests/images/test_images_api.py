@@ -259,3 +259,20 @@ def test_exr_plate_and_mask(client: TestClient, workspace: Path):
     assert uploaded.status_code == 201, uploaded.text
     broken = client.post("/api/files", files={"file": ("p.exr", b"not an exr")})
     assert broken.status_code == 422 and broken.json()["error"]["field"] == "file"
+
+
+def test_half_precision_files_are_used_where_present(tiny_models: Path, tmp_path: Path):
+    from diffusers import DiffusionPipeline
+
+    from api.common.models import Weights
+    from api.images.models.diffusion import has_variant
+
+    sd15 = IMAGE_MODELS["sd1.5"]
+    assert sd15.variant == "fp16"
+    assert not has_variant(sd15, Weights("models_dir", str(tiny_models / "sd1.5")))
+    DiffusionPipeline.from_pretrained(tiny_models / "sd1.5").save_pretrained(
+        tmp_path / "sd1.5", variant="fp16"
+    )
+    assert has_variant(sd15, Weights("models_dir", str(tmp_path / "sd1.5")))
+    assert has_variant(sd15, Weights("download", sd15.repo))
+    assert not has_variant(IMAGE_MODELS["sd3"], Weights("download", "x"))

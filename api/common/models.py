@@ -125,17 +125,23 @@ class ModelCache:
             while self._entries and _free_bytes(device) < needed_bytes:
                 self._evict_oldest()
             log.info("loading %s", key)
-            value = load()
+            out_of_memory = False
+            try:
+                value = load()
+            except Exception as exc:
+                if type(exc).__name__ != "OutOfMemoryError" or not self._entries:
+                    raise
+                out_of_memory = True
+            if out_of_memory:
+                # The free-memory estimate was short (activations, fragmentation): unload
+                # every other model of this device and try once more (outside the except
+                # block, so the failed attempt's tensors are gone with its traceback).
+                log.warning("out of memory loading %s: unloading %s", key, list(self._entries))
+                while self._entries:
+                    self._evict_oldest()
+                value = load()
             self._entries[key] = value
             return value
-
-    def drop(self, predicate: Callable[[Hashable], bool]) -> None:
-        with self._lock:
-            for key in [k for k in self._entries if predicate(k)]:
-                del self._entries[key]
-        from api.common.devices import free_memory
-
-        free_memory()
 
     def _evict_oldest(self) -> None:
         key, _ = self._entries.popitem(last=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -95,7 +96,19 @@ class Runner(threading.Thread):
                 with self.wake:
                     self.wake.wait(timeout=1.0)
                 continue
-            self.run_job(job)
+            try:
+                self.run_job(job)
+            except Exception:  # recording the end failed (disk full?): keep the runner alive
+                log.exception("runner %s could not finish job %s", self.name, job.id)
+                with contextlib.suppress(Exception):
+                    self.store.finish(
+                        job.id,
+                        JobStatus.failed,
+                        error={
+                            "type": "internal_error",
+                            "message": "the job's end could not be recorded; see the server log",
+                        },
+                    )
 
     def run_job(self, job: Job) -> None:
         self.publish(job.id)

@@ -96,9 +96,14 @@ class JobEngine:
             runner.start()
         return interrupted
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; a running job stops at its next step and is queued again (it
+        runs when the server is back). One stuck longer than ``timeout`` (a model load) is
+        left to the next start, which fails it as interrupted."""
         for runner in self.runners:
             runner.stop()
+            if runner.current is not None:
+                self.store.interrupt(runner.current)
         for runner in self.runners:
             runner.join(timeout)
 

@@ -70,6 +70,7 @@ class Runner(threading.Thread):
         super().__init__(name=f"runner-{device}", daemon=True)
         self.warm_up = warm_up
         self.warming = warm_up is not None
+        self.current: str | None = None  # the id of the job running now
         self.device = device
         self.store = store
         self.handlers = handlers
@@ -114,11 +115,18 @@ class Runner(threading.Thread):
         self.publish(job.id)
         context = JobContext(job.id, self.device, self.store, self.publish)
         log.info("job %s (%s %s) started on %s", job.id, job.kind, job.model, self.device)
-        status, result, error = self.execute(job, context)
+        self.current = job.id
+        try:
+            status, result, error = self.execute(job, context)
+        finally:
+            self.current = None
         if status != JobStatus.succeeded:
             free_memory()  # after the traceback (and the tensors its frames hold) is gone
-        self.store.finish(job.id, status, result=result, error=error)
-        log.info("job %s %s%s", job.id, status, f": {error['message']}" if error else "")
+        if status == JobStatus.cancelled and self.store.requeue_if_interrupted(job.id):
+            log.info("job %s stopped for the shutdown: queued again", job.id)
+        else:
+            self.store.finish(job.id, status, result=result, error=error)
+            log.info("job %s %s%s", job.id, status, f": {error['message']}" if error else "")
         self.publish(job.id)
 
     def execute(

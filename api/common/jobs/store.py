@@ -54,6 +54,7 @@ class JobStore:
         # step must not wait for a disk sync. Progress is saved when the job ends.
         self._progress: dict[str, dict[str, int]] = {}
         self._cancelling: set[str] = set()
+        self._interrupted: set[str] = set()  # stopped for a shutdown: to be queued again
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -184,6 +185,26 @@ class JobStore:
                 self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
                 self._cancelling.add(job_id)
         return self.get(job_id)
+
+    def interrupt(self, job_id: str) -> None:
+        """Stop a running job at its next step because the server is shutting down."""
+        self._interrupted.add(job_id)
+        self._cancelling.add(job_id)
+
+    def requeue_if_interrupted(self, job_id: str) -> bool:
+        """Put a job stopped by ``interrupt`` back in the queue, in its old place."""
+        if job_id not in self._interrupted:
+            return False
+        self._interrupted.discard(job_id)
+        self._cancelling.discard(job_id)
+        self._progress.pop(job_id, None)
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET status = 'queued', started_at = NULL, worker = NULL,"
+                " progress = NULL WHERE id = ? AND status = 'running'",
+                (job_id,),
+            )
+        return True
 
     def cancel_requested(self, job_id: str) -> bool:
         return job_id in self._cancelling

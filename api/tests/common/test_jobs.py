@@ -178,3 +178,20 @@ def test_events_of_a_queued_job_keep_alive_and_follow_the_queue(client: TestClie
     assert positions[:2] == [2, 1] and positions[-1] is None
     assert lines.count(": keepalive") >= 2
     assert "event: result" in lines
+
+
+def test_shutdown_queues_the_running_job_again(make_settings, workspace: Path):
+    from api.main import create_app
+
+    out = workspace / "after-restart.png"
+    settings = make_settings()
+    with TestClient(create_app(settings, devices=["cpu"])) as client:
+        body = SLOW | {"num_inference_steps": 100, "output_image_path": str(out)}
+        job = client.post("/api/images", json=body).json()
+        wait_for(client, job["id"], lambda j: (j["progress"] or {}).get("step", 0) >= 1)
+    # The server stopped mid-job: nothing written, the job back in the queue.
+    assert not out.exists()
+    with TestClient(create_app(settings, devices=["cpu"])) as client:
+        done = client.get(f"/api/jobs/{job['id']}?wait=120").json()
+        assert done["status"] == "succeeded", done
+        assert out.is_file()

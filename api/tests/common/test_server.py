@@ -242,3 +242,19 @@ def test_warm_up_names_diffusion_models_only(make_settings):
 
     with pytest.raises(SettingsError, match="DD_WARMUP: depth-anything, sd9"):
         create_app(make_settings(warmup=["sd1.5", "depth-anything", "sd9"]), devices=["cpu"])
+
+
+def test_importing_the_server_loads_no_model_library():
+    code = (
+        "import sys, api.main; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'openai', 'cv2', "
+        "'OpenEXR') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[3],
+    ).stdout
+    assert out.strip() == "[]"

@@ -119,6 +119,24 @@ def decode(data: bytes) -> Image.Image:
         return image.copy()
 
 
+def image_request(workspace: Path, mode: str, plate: tuple[int, int] = (64, 64), **extra) -> dict:
+    """A small, fast image request (64x64, 2 steps, seed 7); image→image and inpainting
+    get a plate (and a mask) of size ``plate`` written into ``workspace``."""
+    body = {
+        "prompt": "a lighthouse at dusk",
+        "seed": 7,
+        "num_inference_steps": 2,
+        "max_width": 64,
+        "max_height": 64,
+        "strength": 0.75,
+    }
+    if mode != "text_to_image":
+        body["input_image_path"] = str(write_image(workspace / "plate.png", plate))
+    if mode == "inpainting":
+        body["input_mask_path"] = str(write_mask(workspace / "mask.png", plate))
+    return body | extra
+
+
 def run_job(client: TestClient, body: dict) -> dict:
     """Submit an image request, wait for it, and return the job, which must have succeeded."""
     response = client.post("/api/images?wait=120", json=body)

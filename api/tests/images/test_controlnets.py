@@ -24,30 +24,17 @@ from api.images.registry import CONTROLNET_MODES, CONTROLNETS, ControlNetKind, M
 from api.tests.conftest import (
     assert_rejected,
     decode,
+    image_request,
     png_metadata,
     run_job,
     write_image,
-    write_mask,
 )
 
 FAMILY_MODELS = {"sd1.5": "sd1.5", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux-schnell"}
 
 
 def body_for(workspace: Path, model: str, mode: Mode = Mode.text_to_image, **extra) -> dict:
-    body = {
-        "model": model,
-        "prompt": "a lighthouse at dusk",
-        "seed": 7,
-        "num_inference_steps": 2,
-        "max_width": 64,
-        "max_height": 64,
-        "strength": 0.75,
-    }
-    if mode != Mode.text_to_image:
-        body["input_image_path"] = str(write_image(workspace / "plate.png", (64, 64)))
-    if mode == Mode.inpainting:
-        body["input_mask_path"] = str(write_mask(workspace / "mask.png", (64, 64)))
-    return body | extra
+    return image_request(workspace, mode, model=model, **extra)
 
 
 def control(workspace: Path, kind: str = "depth", seed: int = 3, **extra) -> dict:

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from api.images.registry import IMAGE_MODELS, TASKS, Mode
-from api.tests.conftest import decode, png_metadata, run_job, write_image, write_mask
+from api.tests.conftest import decode, image_request, png_metadata, run_job, write_image
 
 CASES = [  # external models (gpt-image-1) run against a fake provider: test_gpt_image.py
     (name, mode)
@@ -28,20 +28,7 @@ CASES = [  # external models (gpt-image-1) run against a fake provider: test_gpt
 
 
 def request_for(mode: Mode, workspace: Path, **extra) -> dict:
-    body = {
-        "prompt": "a lighthouse at dusk",
-        "negative_prompt": "blurry",
-        "seed": 7,
-        "num_inference_steps": 2,
-        "max_width": 64,
-        "max_height": 64,
-        "strength": 0.75,
-    }
-    if mode != Mode.text_to_image:
-        body["input_image_path"] = str(write_image(workspace / "plate.png", (96, 64)))
-    if mode == Mode.inpainting:
-        body["input_mask_path"] = str(write_mask(workspace / "mask.png", (96, 64)))
-    return body | extra
+    return image_request(workspace, mode, (96, 64), negative_prompt="blurry") | extra
 
 
 @pytest.mark.parametrize(("model", "mode"), CASES, ids=[f"{m}-{mode}" for m, mode in CASES])

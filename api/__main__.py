@@ -13,10 +13,12 @@ from pathlib import Path
 def serve(_: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.common.datadir import lock_data_dir
     from api.common.settings import SettingsError, load_settings
 
     try:
         settings = load_settings()
+        lock_data_dir(settings.resolved_data_dir)  # held until the process ends
         # torch.compile keeps what it builds here, so a restart does not compile again.
         cache = settings.compile_cache_dir or settings.resolved_data_dir / "compile-cache"
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))

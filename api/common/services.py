@@ -16,6 +16,8 @@ class Services:
     settings: Settings
     paths: PathPolicy
     _caches: dict[str, ModelCache] = field(default_factory=dict)
+    # Models resident in the worker processes of devices whose jobs run there: device → names.
+    _elsewhere: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -46,4 +48,12 @@ class Services:
                     loaded.setdefault(str(key[0] if isinstance(key, tuple) else key), []).append(
                         device
                     )
+            for device, names in self._elsewhere.items():
+                for name in names:
+                    loaded.setdefault(name, []).append(device)
         return loaded
+
+    def note_loaded(self, device: str, loaded: dict[str, list[str]]) -> None:
+        """What a device's worker process reported resident (its ``loaded_models``)."""
+        with self._lock:
+            self._elsewhere[device] = sorted(loaded)

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     api_keys: list[str] = []
     allow_no_auth: bool = False
     device: str = "auto"
+    # Each device's jobs in a worker process of its own: "auto" = with several GPUs.
+    device_processes: Literal["auto", "always"] = "auto"
     allow_downloads: bool = True
     max_loaded_models: int = Field(6, ge=1)
     warmup: list[str] = []  # models to load (and compile) at start-up, before the first job

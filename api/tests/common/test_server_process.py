@@ -135,3 +135,24 @@ def test_served_over_real_http(server: Server):
     with http.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
         lines = [line for line in stream.iter_lines() if line]
     assert lines[-2] == "event: result"
+
+
+def test_a_second_server_on_the_same_data_dir_exits_and_the_first_keeps_its_jobs(
+    server: Server, tmp_path: Path
+):
+    http = httpx.Client(base_url=server.url, timeout=60)
+    running = http.post("/api/images", json=SLOW | {"num_inference_steps": 20}).json()
+    second = subprocess.run(
+        [sys.executable, "-m", "api", "serve"],
+        env=server.env | {"DD_PORT": str(free_port())},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2
+    assert str(tmp_path / "data") in second.stderr
+    assert f"pid {server.process.pid}" in second.stderr
+    assert "in use by another deferred-diffusion server" in second.stderr
+    done = http.get(f"/api/jobs/{running['id']}?wait=120").json()
+    assert done["status"] == "succeeded", done

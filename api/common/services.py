@@ -10,6 +10,8 @@ from api.common.models import ModelCache
 from api.common.paths import PathPolicy
 from api.common.settings import Settings
 
+UPLOADS_FOLDER = "uploads"  # in the data dir
+
 
 @dataclass
 class Services:
@@ -22,11 +24,17 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        return cls(settings, PathPolicy(settings.roots, settings.path_map))
+        uploads = settings.resolved_data_dir / UPLOADS_FOLDER
+        return cls(settings, PathPolicy(settings.roots, settings.path_map, uploads))
 
     @property
     def data_dir(self) -> Path:
         return self.settings.resolved_data_dir
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploads and data URLs are saved: always an allowed input folder."""
+        return self.data_dir / UPLOADS_FOLDER
 
     @property
     def models_dir(self) -> Path:

@@ -94,6 +94,8 @@ def _check_exr_header(path: str, field: str, what: str) -> None:
         parts = OpenEXR.File(path, header_only=True).parts
     except Exception as exc:  # the binding raises plain exceptions for bad files
         raise InvalidField(f"{field} is not a readable OpenEXR image: {exc}", field) from None
+    if not parts or not all(part.header.get("channels") for part in parts):
+        raise InvalidField(f"{field}: the OpenEXR image has no channels", field)
     sizes = []
     for part in parts:
         (x_min, y_min), (x_max, y_max) = part.header["dataWindow"]

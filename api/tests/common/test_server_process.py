@@ -135,3 +135,33 @@ def test_served_over_real_http(server: Server):
     with http.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
         lines = [line for line in stream.iter_lines() if line]
     assert lines[-2] == "event: result"
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(server: Server):
+    """A body with no Content-Length (chunked) is counted as it arrives: the server answers
+    413 once it passes the JSON limit and reads no more, so the client stops sending."""
+    from api.main import MAX_JSON_BYTES
+
+    chunk = b" " * 2**20
+    total = 4 * MAX_JSON_BYTES // len(chunk)  # what the client would send if let
+    sent = 0
+
+    def body():
+        nonlocal sent
+        for _ in range(total):
+            sent += 1
+            yield chunk
+
+    http = httpx.Client(base_url=server.url, timeout=60)
+    response = http.post(
+        "/api/images", content=body(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == {
+        "type": "payload_too_large",
+        "message": f"request body over {MAX_JSON_BYTES // 2**20} MiB",
+        "field": "body",
+    }
+    # The limit, plus what the sockets' buffers took before the connection closed.
+    assert MAX_JSON_BYTES // len(chunk) < sent < 2 * MAX_JSON_BYTES // len(chunk)
+    assert http.get("/api/jobs").json() == []

@@ -76,11 +76,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}", None)
 
 
-def body_limit(method: str, path: str) -> tuple[int, str]:
-    """The most bytes a request's body may have, and the field the refusal names."""
+def body_limit(method: str, path: str) -> tuple[int, str, str]:
+    """The most bytes a request's body may have, the field a refusal names, and why."""
     if (method, path) == UPLOAD_ROUTE:
-        return common.MAX_UPLOAD_BYTES + 2**20, "file"
-    return MAX_JSON_BYTES, "body"
+        limit = common.MAX_UPLOAD_BYTES
+        return limit + 2**20, "file", f"an upload is at most {limit // 2**20} MiB"
+    return (
+        MAX_JSON_BYTES,
+        "body",
+        f"a request body is at most {MAX_JSON_BYTES // 2**20} MiB (send large inputs "
+        "through POST /api/files)",
+    )
 
 
 class _BodyTooLarge(Exception):
@@ -93,7 +99,7 @@ class BodyLimit:
     rest is never read, and the connection is closed. A declared Content-Length over the
     limit is refused before any of the body is read."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], tuple[int, str]]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], tuple[int, str, str]]) -> None:
         self.app = app
         self.limit_for = limit_for
 
@@ -101,10 +107,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit, field = self.limit_for(scope["method"], scope["path"])
-        refusal = error_response(
-            413, "payload_too_large", f"request body over {limit // 2**20} MiB", field
-        )
+        limit, field, why = self.limit_for(scope["method"], scope["path"])
+        refusal = error_response(413, "payload_too_large", f"too large: {why}", field)
         refusal.headers["Connection"] = "close"  # the rest of the body is not read
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:

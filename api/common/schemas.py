@@ -30,7 +30,7 @@ def find_invalid_text(value: Any, location: tuple[str | int, ...] = ()) -> tuple
     """The location (keys and indexes) of the first string in ``value`` that is not valid
     Unicode, with the string and the offending index; None when every string is valid."""
     if isinstance(value, str):
-        found = _SURROGATE.search(value)
+        found = None if value.isascii() else _SURROGATE.search(value)  # isascii: O(1)
         return (location, value, found.start()) if found else None
     if isinstance(value, dict):
         for key, item in value.items():

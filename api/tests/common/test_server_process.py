@@ -159,7 +159,8 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(server: Server
     assert response.status_code == 413, response.text
     assert response.json()["error"] == {
         "type": "payload_too_large",
-        "message": f"request body over {MAX_JSON_BYTES // 2**20} MiB",
+        "message": "too large: a request body is at most 128 MiB (send large inputs through "
+        "POST /api/files)",
         "field": "body",
     }
     # The limit, plus what the sockets' buffers took before the connection closed.

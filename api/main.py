@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import __version__
 from api.common import router as common
@@ -23,6 +24,7 @@ from api.common.jobs.engine import JobEngine
 from api.common.jobs.process import DeviceProcesses
 from api.common.jobs.runner import JobHandler
 from api.common.jobs.store import JobStore
+from api.common.media import limit_input_pixels
 from api.common.services import Services
 from api.common.settings import Settings, load_settings
 from api.images import router as images
@@ -30,8 +32,10 @@ from api.images import service as image_service
 
 log = logging.getLogger("api")
 
-# Refused before the body is read: an upload's limit plus room for the multipart framing.
-MAX_REQUEST_BYTES = common.MAX_UPLOAD_BYTES + 2**20
+# Request bodies: an upload may hold its limit plus room for the multipart framing; every
+# other route takes JSON, bounded well below that (a data: URL holds at most 64 MiB).
+MAX_JSON_BYTES = 128 * 2**20
+UPLOAD_ROUTE = ("POST", "/api/files")
 
 
 def error_response(status: int, type_: str, message: str, field: str | None) -> JSONResponse:
@@ -92,9 +96,76 @@ def uses_device_processes(settings: Settings, devices: list[str]) -> bool:
     return settings.device_processes == "always" or gpus > 1
 
 
+def body_limit(method: str, path: str) -> tuple[int, str, str]:
+    """The most bytes a request's body may have, the field a refusal names, and why."""
+    if (method, path) == UPLOAD_ROUTE:
+        limit = common.MAX_UPLOAD_BYTES
+        return limit + 2**20, "file", f"an upload is at most {limit // 2**20} MiB"
+    return (
+        MAX_JSON_BYTES,
+        "body",
+        f"a request body is at most {MAX_JSON_BYTES // 2**20} MiB (send large inputs "
+        "through POST /api/files)",
+    )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Counts each request body as it arrives and answers 413 as soon as it passes the
+    route's limit (``limit_for``), Content-Length or not (a chunked body has none): the
+    rest is never read, and the connection is closed. A declared Content-Length over the
+    limit is refused before any of the body is read."""
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], tuple[int, str, str]]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, field, why = self.limit_for(scope["method"], scope["path"])
+        refusal = error_response(413, "payload_too_large", f"too large: {why}", field)
+        refusal.headers["Connection"] = "close"  # the rest of the body is not read
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await refusal(scope, receive, send)
+            return
+        received = 0
+        over = answered = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    over = True
+                    raise _BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if over and not answered:  # its answer to a cut body ("can't parse it"): ours instead
+                return
+            answered = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _BodyTooLarge:
+            pass
+        if over and not answered:
+            await refusal(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, devices: list[str] | None = None) -> FastAPI:
     """The server. ``devices`` overrides DD_DEVICE (tests use ["cpu"])."""
     settings = settings or load_settings()
+    limit_input_pixels(settings.max_input_pixels)
     services = Services.from_settings(settings)
     image_service.check_warm_up(settings.warmup)
     store = JobStore(services.data_dir / "jobs.sqlite3")
@@ -134,19 +205,7 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
     app.state.catalogs = [image_service.describe_models]
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def refuse_oversized_bodies(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-            return error_response(
-                413,
-                "payload_too_large",
-                f"request body over {MAX_REQUEST_BYTES // 2**20} MiB",
-                None,
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit_for=body_limit)
 
     guarded = [Depends(common.require_api_key)]
     app.include_router(common.health_router)

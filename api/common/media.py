@@ -7,6 +7,7 @@ import binascii
 import io
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,12 +20,50 @@ IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_KEY = "deferred-diffusion"
 
 
+def limit_input_pixels(max_pixels: int) -> None:
+    """Refuse input images of more than ``max_pixels`` (DD_MAX_INPUT_PIXELS) from their
+    header, before decoding. PIL's own guard takes the same number: it warns above it (we
+    have refused by then: the warning is noise) and refuses, anywhere, images of twice it."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _too_large(field: str, what: str, size: str) -> InvalidField:
+    return InvalidField(
+        f"{field}{what} is too large: {size}, over DD_MAX_INPUT_PIXELS "
+        f"({Image.MAX_IMAGE_PIXELS} pixels); refused before decoding. Send a smaller image "
+        "(or raise DD_MAX_INPUT_PIXELS on the server)",
+        field,
+    )
+
+
+def _check_pixels(width: int, height: int, field: str, what: str) -> None:
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+        raise _too_large(field, what, f"{width}x{height} = {width * height} pixels")
+
+
+def _open_pil(source: Path | io.BytesIO, field: str, what: str) -> Image.Image:
+    """``Image.open`` (which reads the header only), refused when the size is too large."""
+    try:
+        image = Image.open(source)
+    except Image.DecompressionBombError:  # over twice the limit: PIL refuses it itself
+        raise _too_large(field, what, f"over {2 * Image.MAX_IMAGE_PIXELS} pixels") from None
+    try:
+        _check_pixels(*image.size, field, what)
+    except InvalidField:
+        image.close()
+        raise
+    return image
+
+
 def open_image(path: Path, field: str) -> Image.Image:
     """Decode an input image (PNG, JPEG, WebP, TIFF, EXR) or fail naming ``field``."""
+    what = f" {str(path)!r}"
     if path.suffix.lower() == ".exr":
+        _check_exr_header(str(path), field, what)  # before reading the file into memory
         return _open_exr(path.read_bytes(), field)
     try:
-        with Image.open(path) as image:
+        with _open_pil(path, field, what) as image:
             image.load()
             return image.copy()
     except (UnidentifiedImageError, OSError) as exc:
@@ -32,15 +71,40 @@ def open_image(path: Path, field: str) -> Image.Image:
 
 
 def check_image_file(path: Path, field: str) -> None:
-    """Fail naming ``field`` unless ``path`` is an image this server can read."""
+    """Fail naming ``field`` unless ``path`` is an image this server can read and its
+    header's size is within DD_MAX_INPUT_PIXELS (checked without decoding it)."""
+    what = f" {str(path)!r}"
     if path.suffix.lower() == ".exr":
-        _open_exr(path.read_bytes(), field)
+        _check_exr_header(str(path), field, what)
         return
     try:
-        with Image.open(path) as image:
+        with _open_pil(path, field, what) as image:
             image.verify()
+    except InvalidField:
+        raise
     except Exception as exc:  # PIL raises many types for broken files
         raise InvalidField(f"{field} {str(path)!r} is not a readable image: {exc}", field) from None
+
+
+def _check_exr_header(source: str | io.BytesIO, field: str, what: str) -> None:
+    """An OpenEXR file's header (read alone, no pixels): readable, and every part's data
+    window within DD_MAX_INPUT_PIXELS in all."""
+    import OpenEXR
+
+    try:
+        parts = OpenEXR.File(source, header_only=True).parts
+    except Exception as exc:  # the binding raises plain exceptions for bad files
+        raise InvalidField(f"{field} is not a readable OpenEXR image: {exc}", field) from None
+    if not parts or not all(part.header.get("channels") for part in parts):
+        raise InvalidField(f"{field}: the OpenEXR image has no channels", field)
+    sizes = []
+    for part in parts:
+        (x_min, y_min), (x_max, y_max) = part.header["dataWindow"]
+        sizes.append((int(x_max) - int(x_min) + 1, int(y_max) - int(y_min) + 1))
+    pixels = sum(width * height for width, height in sizes)
+    if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+        shown = " + ".join(f"{width}x{height}" for width, height in sizes)
+        raise _too_large(field, what, f"{shown} = {pixels} pixels")
 
 
 def _open_exr(data: bytes, field: str) -> Image.Image:
@@ -49,6 +113,7 @@ def _open_exr(data: bytes, field: str) -> Image.Image:
     import numpy as np
     import OpenEXR
 
+    _check_exr_header(io.BytesIO(data), field, "")  # its size, before decoding a pixel
     try:
         channels = OpenEXR.File(io.BytesIO(data)).channels()
     except Exception as exc:  # the binding raises plain exceptions for bad files
@@ -88,8 +153,8 @@ def image_suffix(source: bytes | BinaryIO, field: str) -> str:
         stream.seek(start)
         with Image.open(stream, formats=_OPEN_FORMATS) as image:
             return IMAGE_FORMAT_SUFFIXES[image.format]
-    except Image.DecompressionBombError as exc:
-        raise InvalidField(f"{field}: {exc}", field) from None
+    except Image.DecompressionBombError:  # over twice the limit: PIL refuses it itself
+        raise _too_large(field, "", f"over {2 * Image.MAX_IMAGE_PIXELS} pixels") from None
     except Exception:  # PIL raises many types for what it can't read
         raise InvalidField(
             f"{field} is not a PNG, JPEG, WebP, TIFF or OpenEXR image", field
@@ -117,20 +182,50 @@ def decode_data_url(value: str, field: str) -> tuple[bytes, str]:
 def decode_image_bytes(data: bytes, field: str) -> Image.Image:
     if data.startswith(EXR_MAGIC):
         return _open_exr(data, field)
-    with Image.open(io.BytesIO(data)) as image:
+    with _open_pil(io.BytesIO(data), field, "") as image:
         image.load()
         return image.copy()
 
 
 def check_image_bytes(data: bytes, field: str) -> None:
+    """Like ``check_image_file``, for an image in memory (a data: URL's)."""
     if data.startswith(EXR_MAGIC):
-        _open_exr(data, field)
+        _check_exr_header(io.BytesIO(data), field, "")
         return
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _open_pil(io.BytesIO(data), field, "") as image:
             image.verify()
+    except InvalidField:
+        raise
     except Exception as exc:  # PIL raises many types for broken files
         raise InvalidField(f"{field} is not a readable image: {exc}", field) from None
+
+
+# A JPEG's EXIF segment holds at most 64 KiB: room for the metadata's JSON.
+JPEG_DESCRIPTION_CHARS = 60_000
+
+
+def _shortened(value: Any, chars: int) -> Any:
+    if isinstance(value, str) and len(value) > chars:
+        return f"{value[:chars]}... [{len(value) - chars} more characters]"
+    if isinstance(value, dict):
+        return {key: _shortened(item, chars) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shortened(item, chars) for item in value]
+    return value
+
+
+def _jpeg_description(metadata: dict[str, Any]) -> str:
+    """The metadata's JSON for a JPEG: when it is too long for the EXIF segment (long
+    prompts, many inputs), its longest texts are shortened until it fits, and
+    ``metadata_shortened`` says so."""
+    text = json.dumps(metadata, sort_keys=True)
+    for chars in (4096, 1024, 256, 64):
+        if len(text) <= JPEG_DESCRIPTION_CHARS:
+            break
+        shortened = _shortened(metadata, chars) | {"metadata_shortened": True}
+        text = json.dumps(shortened, sort_keys=True)
+    return text
 
 
 def encode_image(image: Image.Image, suffix: str, metadata: dict[str, Any]) -> bytes:
@@ -152,7 +247,7 @@ def encode_image(image: Image.Image, suffix: str, metadata: dict[str, Any]) -> b
         image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
     elif suffix in (".jpg", ".jpeg"):
         exif = Image.Exif()
-        exif[0x010E] = json.dumps(metadata, sort_keys=True)  # ImageDescription
+        exif[0x010E] = _jpeg_description(metadata)  # ImageDescription
         image.convert("RGB").save(buffer, format="JPEG", quality=95, exif=exif)
     elif suffix == ".webp":
         exif = Image.Exif()

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     device_processes: Literal["auto", "always"] = "auto"
     allow_downloads: bool = True
     max_loaded_models: int = Field(6, ge=1)
+    # Input images larger than this (from their header) are refused before decoding.
+    max_input_pixels: int = Field(8192 * 8192, ge=1)
     warmup: list[str] = []  # models to load (and compile) at start-up, before the first job
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     # Speed (CUDA only; the CPU path always runs plain eager PyTorch).

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from api.common.errors import InvalidField
 from api.common.files import WriteFolder
@@ -23,17 +25,17 @@ from api.common.media import (
     decode_image_bytes,
     open_image,
 )
-from api.common.models import ModelCache, Weights
+from api.common.models import ModelCache, Weights, find_weights
+from api.common.schemas import MAX_NAME_CHARS, find_invalid_text
 from api.common.services import Services
 from api.common.settings import Speed
 from api.images.registry import (
     CONTROLNET_MODES,
     CONTROLNETS,
-    GENERATIVE,
     IMAGE_MODELS,
     IP_ADAPTERS,
     SIZE_MULTIPLE,
-    TASKS,
+    TINY_SIZE,
     UPSCALE_FACTOR,
     UPSCALE_MAX_SIDE,
     UPSCALE_NOISE_LEVEL,
@@ -42,7 +44,18 @@ from api.images.registry import (
     ImageModel,
     Mode,
 )
-from api.images.schemas import ControlNet, ImageRequest, IpAdapter
+from api.images.schemas import (
+    REQUEST_TYPES,
+    AnyImageRequest,
+    ControlNet,
+    ImageRequest,
+    IpAdapter,
+    UpscaleRequest,
+)
+
+# Every field of any image request: one that the chosen model's request lacks "does not
+# apply" to it (a field in none of them is simply unknown).
+IMAGE_FIELDS = frozenset(name for kind in REQUEST_TYPES.values() for name in kind.model_fields)
 
 
 def find_model(name: str) -> ImageModel:
@@ -54,7 +67,59 @@ def find_model(name: str) -> ImageModel:
     return model
 
 
-def mode_of(model: ImageModel, request: ImageRequest) -> Mode:
+def _invalid(request_type: type, errors: list[tuple[str, str, Any]]) -> ValidationError:
+    """A validation error with a message of ours for each (field, message, value)."""
+    return ValidationError.from_exception_data(
+        request_type.__name__,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("invalid_field", "{message}", {"message": message}),
+                loc=(field,),
+                input=value,
+            )
+            for field, message, value in errors
+        ],
+    )
+
+
+def parse_request(body: Any) -> AnyImageRequest:
+    """The body as its model's request: ImageRequest for a generative model, else its task's
+    (UpscaleRequest, DepthRequest, SegmentationRequest). A ValidationError names each field
+    that is wrong: an unknown model, a field that doesn't apply to the model, a bad value."""
+    name = body.get("model") if isinstance(body, dict) else None
+    if (
+        not isinstance(name, str)
+        or len(name) > MAX_NAME_CHARS
+        or find_invalid_text(body) is not None
+    ):
+        return ImageRequest.model_validate(body)  # says what is wrong with it
+    try:
+        model = find_model(name)
+    except InvalidField as exc:
+        raise _invalid(ImageRequest, [(exc.field or "model", exc.message, name)]) from None
+    request_type = REQUEST_TYPES[model.task]
+    takes = ", ".join(request_type.model_fields)
+    kind = model.task or ", ".join(sorted(model.modes))
+    not_applicable = [
+        (field, f"does not apply to {model.name} ({kind}); its fields: {takes}", body[field])
+        for field in body
+        if field in IMAGE_FIELDS and field not in request_type.model_fields
+    ]
+    if not_applicable:
+        raise _invalid(request_type, not_applicable)
+    return request_type.model_validate(body)
+
+
+def stored_request(request: dict[str, Any]) -> AnyImageRequest:
+    """A job's request as the job store holds it. A job queued by an earlier version holds
+    every image field (defaults filled): those that don't apply to its model are dropped."""
+    request_type = REQUEST_TYPES[find_model(request["model"]).task]
+    return request_type.model_validate(
+        {name: value for name, value in request.items() if name in request_type.model_fields}
+    )
+
+
+def mode_of(model: ImageModel, request: AnyImageRequest) -> Mode:
     """A task model's task; else inpainting, image→image or text→image from the inputs."""
     if model.task is not None:
         return model.task
@@ -103,10 +168,11 @@ class InputImages:
         self._pending.clear()
 
 
-def validate_request(request: ImageRequest, services: Services) -> ImageRequest:
+def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRequest:
     """Submit-time checks (4xx naming the field); returns the request with defaults filled."""
     model = find_model(request.model)
-    if request.input_mask_path and not request.input_image_path:
+    generative = isinstance(request, ImageRequest)
+    if generative and request.input_mask_path and not request.input_image_path:
         raise InvalidField(
             "input_mask_path needs input_image_path (the image to inpaint)", "input_mask_path"
         )
@@ -120,19 +186,18 @@ def validate_request(request: ImageRequest, services: Services) -> ImageRequest:
             f"{model.api_key_env}; set it in the server's environment and restart the server",
             "model",
         )
-    if mode in TASKS and not request.input_image_path:
-        raise InvalidField(
-            f"model {model.name} ({mode}) needs input_image_path", "input_image_path"
-        )
-    steps = request.num_inference_steps or model.steps
+    defaults = {}
+    if generative or isinstance(request, UpscaleRequest):
+        defaults = sampling_defaults(model, request)
     if (
-        not model.external
+        generative
+        and not model.external
         and mode in (Mode.image_to_image, Mode.inpainting)
-        and int(steps * request.strength) < 1
+        and int(defaults["num_inference_steps"] * request.strength) < 1
     ):
         raise InvalidField(
-            f"strength {request.strength} with {steps} steps leaves no denoising step to run; "
-            "raise strength or num_inference_steps",
+            f"strength {request.strength} with {defaults['num_inference_steps']} steps leaves "
+            "no denoising step to run; raise strength or num_inference_steps",
             "strength",
         )
     if mode == Mode.segmentation and not any(c.isalnum() for c in request.prompt):
@@ -150,10 +215,9 @@ def validate_request(request: ImageRequest, services: Services) -> ImageRequest:
             )
         services.paths.resolve_output_path(request.output_image_path, "output_image_path", suffixes)
     inputs = InputImages(services)
-    image_path = inputs.check(request.input_image_path, "input_image_path")
-    mask_path = inputs.check(request.input_mask_path, "input_mask_path")
+    checked = {"input_image_path": inputs.check(request.input_image_path, "input_image_path")}
     if mode == Mode.upscale:
-        width, height = inputs.open(image_path, "input_image_path").size
+        width, height = inputs.open(checked["input_image_path"], "input_image_path").size
         if max(width, height) * UPSCALE_FACTOR > UPSCALE_MAX_SIDE:
             raise InvalidField(
                 f"input_image_path is {width}x{height}: upscaled {UPSCALE_FACTOR}x it would be "
@@ -161,6 +225,47 @@ def validate_request(request: ImageRequest, services: Services) -> ImageRequest:
                 f"a side; send an input of at most {UPSCALE_MAX_SIDE // UPSCALE_FACTOR} px a side",
                 "input_image_path",
             )
+    if generative:
+        checked |= check_generative_inputs(model, mode, request, inputs)
+        weights = None
+        if not model.external:
+            weights = find_weights(
+                model.name, model.repo, services.models_dir, services.settings.allow_downloads
+            )
+        width, height = default_size(model, weights)
+        defaults |= {
+            "max_width": request.max_width or width,
+            "max_height": request.max_height or height,
+        }
+    inputs.save()
+    return request.model_copy(update=checked | defaults)
+
+
+def sampling_defaults(model: ImageModel, request: ImageRequest | UpscaleRequest) -> dict:
+    """The seed (random), steps and guidance (the model's) that a request leaves out."""
+    return {
+        "seed": request.seed if request.seed is not None else random.randrange(2**31),
+        "num_inference_steps": request.num_inference_steps or model.steps,
+        "guidance_scale": (
+            request.guidance_scale if request.guidance_scale is not None else model.guidance_scale
+        ),
+    }
+
+
+def default_size(model: ImageModel, weights: Weights | None) -> tuple[int, int]:
+    """The output size of a generative request without max_width/max_height: the model's
+    native size, or TINY_SIZE when its weights are tiny (random weights make noise at any
+    size, and a laptop makes 64 px of it in seconds, 1024 px in minutes)."""
+    if model.task is None and weights is not None and weights.tiny:
+        return TINY_SIZE, TINY_SIZE
+    return model.width, model.height
+
+
+def check_generative_inputs(
+    model: ImageModel, mode: Mode, request: ImageRequest, inputs: InputImages
+) -> dict[str, Any]:
+    """The mask, ControlNets and IP-Adapters of a generative request, checked."""
+    mask_path = inputs.check(request.input_mask_path, "input_mask_path")
     if (
         mask_path is not None
         and inputs.open(mask_path, "input_mask_path").convert("L").getbbox() is None
@@ -168,26 +273,11 @@ def validate_request(request: ImageRequest, services: Services) -> ImageRequest:
         raise InvalidField(
             "input_mask_path is all black: nothing to inpaint (white = repaint)", "input_mask_path"
         )
-    controlnets = check_controlnets(model, mode, request.controlnets, inputs)
-    ip_adapters = check_ip_adapters(model, request.ip_adapters, inputs)
-    inputs.save()
-    return request.model_copy(
-        update={
-            "input_image_path": image_path,
-            "input_mask_path": mask_path,
-            "controlnets": controlnets,
-            "ip_adapters": ip_adapters,
-            "seed": request.seed if request.seed is not None else random.randrange(2**31),
-            "num_inference_steps": steps,
-            "guidance_scale": (
-                request.guidance_scale
-                if request.guidance_scale is not None
-                else model.guidance_scale
-            ),
-            "max_width": request.max_width or model.width,
-            "max_height": request.max_height or model.height,
-        }
-    )
+    return {
+        "input_mask_path": mask_path,
+        "controlnets": check_controlnets(model, mode, request.controlnets, inputs),
+        "ip_adapters": check_ip_adapters(model, request.ip_adapters, inputs),
+    }
 
 
 def check_controlnets(
@@ -282,7 +372,7 @@ def check_reference_images(
     return checked
 
 
-def output_suffixes(mode: Mode, request: ImageRequest) -> tuple[str, ...]:
+def output_suffixes(mode: Mode, request: AnyImageRequest) -> tuple[str, ...]:
     """What output_image_path may end with; the first is the default output's suffix."""
     if mode == Mode.depth and request.depth_format == "exr":
         return (".exr",)
@@ -343,10 +433,10 @@ class ImageContext:
 
     model: ImageModel
     mode: Mode
-    request: ImageRequest
+    request: AnyImageRequest
     width: int  # of the output (an upscale's is 4x its input's)
     height: int
-    seed: int
+    seed: int | None  # None for models that take no seed (depth, segmentation)
     image: Image.Image | None  # generative modes: resized to width x height; tasks: as given
     mask: Image.Image | None
     output_path: Path | None
@@ -357,82 +447,85 @@ class ImageContext:
     adapter_masks: list[Image.Image | None] = field(default_factory=list)
 
     def metadata(self, tiny: bool) -> dict[str, Any]:
-        """Every generation parameter, written into the output file."""
-        r = self.request
-        generative = self.mode in GENERATIVE
+        """Every parameter of the run, written into the output file (None: doesn't apply)."""
+        fields = self.request.model_dump(mode="json")  # only the fields of the model's request
+        mode, family = self.mode, self.model.family
         return {
             "model": self.model.name,
             "repo": self.model.repo,
-            "provider": self.model.family if self.model.external else None,
-            "mode": self.mode,
-            "prompt": r.prompt,
-            "negative_prompt": r.negative_prompt if self.model.negative_prompt else None,
+            "provider": family if self.model.external else None,
+            "mode": mode,
+            "prompt": fields.get("prompt"),
+            "negative_prompt": fields.get("negative_prompt")
+            if self.model.negative_prompt
+            else None,
             "seed": self.seed,
-            "num_inference_steps": r.num_inference_steps,
-            "guidance_scale": r.guidance_scale,
-            "strength": r.strength if generative and self.mode != Mode.text_to_image else None,
+            "num_inference_steps": fields.get("num_inference_steps"),
+            "guidance_scale": fields.get("guidance_scale"),
+            "strength": fields.get("strength")
+            if mode in (Mode.image_to_image, Mode.inpainting)
+            else None,
             "width": self.width,
             "height": self.height,
-            "input_image_path": r.input_image_path,
-            "input_mask_path": r.input_mask_path,
-            "inpainting_full_image": r.inpainting_full_image
-            if self.mode == Mode.inpainting
+            "input_image_path": fields["input_image_path"],
+            "input_mask_path": fields.get("input_mask_path"),
+            "inpainting_full_image": fields.get("inpainting_full_image")
+            if mode == Mode.inpainting
             else None,
-            "noise_level": UPSCALE_NOISE_LEVEL if self.mode == Mode.upscale else None,
-            "depth_format": r.depth_format if self.mode == Mode.depth else None,
-            "box_threshold": r.box_threshold if self.mode == Mode.segmentation else None,
-            "text_threshold": r.text_threshold if self.mode == Mode.segmentation else None,
+            "noise_level": UPSCALE_NOISE_LEVEL if mode == Mode.upscale else None,
+            "depth_format": fields.get("depth_format"),
+            "box_threshold": fields.get("box_threshold"),
+            "text_threshold": fields.get("text_threshold"),
             "controlnets": [
-                controlnet.model_dump(mode="json")
-                | {"repo": CONTROLNETS[self.model.family, controlnet.model][1]}
-                for controlnet in r.controlnets
+                controlnet | {"repo": CONTROLNETS[family, controlnet["model"]][1]}
+                for controlnet in fields.get("controlnets", [])
             ]
             or None,
             "ip_adapters": [
-                adapter.model_dump(mode="json")
+                adapter
                 | (
                     {}
                     if self.model.external  # plain references, no adapter weights
-                    else {"weights": "/".join(IP_ADAPTERS[self.model.family, adapter.model])}
+                    else {"weights": "/".join(IP_ADAPTERS[family, adapter["model"]])}
                 )
-                for adapter in r.ip_adapters
+                for adapter in fields.get("ip_adapters", [])
             ]
             or None,
             "tiny_weights": tiny,
         }
 
 
-def build_context(request: ImageRequest, services: Services) -> ImageContext:
+def build_context(request: AnyImageRequest, services: Services) -> ImageContext:
     """Resolve a validated request again at run time (files may have changed since submit)."""
     model = find_model(request.model)
     mode = mode_of(model, request)
     paths = services.paths
-    image = mask = None
+
+    def load(value: str, field: str) -> Image.Image:
+        return open_image(paths.resolve_input_path(value, field), field)
+
+    image = None
     if request.input_image_path:
-        path = paths.resolve_input_path(request.input_image_path, "input_image_path")
-        image = open_image(path, "input_image_path").convert("RGB")
-    if mode == Mode.upscale:
-        width, height = image.width * UPSCALE_FACTOR, image.height * UPSCALE_FACTOR
-    elif mode in TASKS:
-        width, height = image.size
-    else:
-        width, height = output_size(request.max_width, request.max_height, image)
-        if image is not None:
-            image = image.resize((width, height), Image.Resampling.LANCZOS)
-    if request.input_mask_path:
-        path = paths.resolve_input_path(request.input_mask_path, "input_mask_path")
-        mask = open_image(path, "input_mask_path").convert("L")
-        mask = mask.resize((width, height), Image.Resampling.NEAREST)
+        image = load(request.input_image_path, "input_image_path").convert("RGB")
     output = None
     if request.output_image_path:
         output = paths.resolve_output_path(
             request.output_image_path, "output_image_path", output_suffixes(mode, request)
         )
+    if not isinstance(request, ImageRequest):  # a task: upscaling, depth, segmentation
+        factor = UPSCALE_FACTOR if mode == Mode.upscale else 1
+        seed = request.seed if isinstance(request, UpscaleRequest) else None
+        width, height = image.width * factor, image.height * factor
+        return ImageContext(model, mode, request, width, height, seed, image, None, output)
 
-    def load(value: str, field: str) -> Image.Image:
-        return open_image(paths.resolve_input_path(value, field), field)
-
+    width, height = output_size(request.max_width, request.max_height, image)
     size = (width, height)
+    if image is not None:
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    mask = None
+    if request.input_mask_path:
+        mask = load(request.input_mask_path, "input_mask_path").convert("L")
+        mask = mask.resize(size, Image.Resampling.NEAREST)
     control_images = [
         load(c.image_path, f"controlnets.{i}.image_path")
         .convert("RGB")

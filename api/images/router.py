@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request, Response
+from pydantic import Field, PlainValidator
 from starlette.concurrency import run_in_threadpool
 
 from api.common.jobs.router import WaitSeconds, job_response
 from api.common.jobs.schemas import Job, JobKind
-from api.images.schemas import ImageRequest
-from api.images.service import validate_request
+from api.images.schemas import AnyImageRequest
+from api.images.service import parse_request, validate_request
 
 router = APIRouter(tags=["images"])
+
+ImageBody = Annotated[
+    AnyImageRequest,
+    PlainValidator(parse_request, json_schema_input_type=AnyImageRequest),
+    Field(
+        title="ImageJobRequest",
+        description="The request of the model that `model` names: ImageRequest for a "
+        "generative model, UpscaleRequest for sd-x4-upscaler, DepthRequest for "
+        "depth-anything, SegmentationRequest for segment-anything. A field of another "
+        "request is refused (422) naming it and listing the model's fields.",
+    ),
+]
 
 
 @router.post(
@@ -21,9 +36,11 @@ router = APIRouter(tags=["images"])
     responses={200: {"model": Job, "description": "Finished within `wait`."}},
 )
 async def create_image(
-    body: ImageRequest, request: Request, response: Response, wait: WaitSeconds = 0
+    body: ImageBody, request: Request, response: Response, wait: WaitSeconds = 0
 ) -> Job:
-    """Text→image, image→image or inpainting, chosen from the inputs given."""
+    """Text→image, image→image or inpainting (chosen from the inputs given) with a generative
+    model (ImageRequest); upscaling, depth or segmentation with a task model (UpscaleRequest,
+    DepthRequest, SegmentationRequest). `model` says which request the body is."""
     services = request.app.state.services
     engine = request.app.state.engine
     checked = await run_in_threadpool(validate_request, body, services)

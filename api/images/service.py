@@ -25,7 +25,10 @@ from api.images.context import (
     Picture,
     Runtime,
     build_context,
+    default_size,
     output_suffixes,
+    parse_request,
+    stored_request,
     validate_request,
 )
 from api.images.registry import (
@@ -42,7 +45,14 @@ from api.images.registry import (
 )
 from api.images.schemas import ImageOutput, ImageRequest, ImageResult
 
-__all__ = ["check_warm_up", "describe_models", "run_image_job", "validate_request", "warm_up"]
+__all__ = [
+    "check_warm_up",
+    "describe_models",
+    "parse_request",
+    "run_image_job",
+    "validate_request",
+    "warm_up",
+]
 
 log = logging.getLogger("api.images")
 
@@ -62,6 +72,7 @@ def describe_models(services: Services) -> list[dict[str, Any]]:
             weights = find_weights(
                 model.name, model.repo, services.models_dir, services.settings.allow_downloads
             )
+        width, height = default_size(model, weights)
         described.append(
             {
                 "name": model.name,
@@ -70,8 +81,8 @@ def describe_models(services: Services) -> list[dict[str, Any]]:
                 "modes": sorted(model.modes),
                 "external": model.external,
                 "defaults": {
-                    "width": model.width,
-                    "height": model.height,
+                    "width": width,
+                    "height": height,
                     "num_inference_steps": model.steps,
                     "guidance_scale": model.guidance_scale,
                 },
@@ -202,8 +213,7 @@ def warm_up(services: Services, names: list[str], device: str) -> None:
 
 def run_image_job(services: Services, job: Job, context: JobContext) -> dict[str, Any]:
     """Run the model a job asks for and write its outputs where the request says."""
-    request = ImageRequest.model_validate(job.request)
-    image_context = build_context(request, services)
+    image_context = build_context(stored_request(job.request), services)
     module = importlib.import_module(
         f"api.images.models.{FAMILY_MODULES[image_context.model.family]}"
     )  # torch, diffusers and transformers load with the first job

@@ -12,6 +12,7 @@ from typing import Any
 
 from api.common.errors import Conflict, NotFound
 from api.common.jobs.schemas import FINISHED, Job, JobStatus
+from api.common.schemas import replace_invalid_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -39,6 +40,17 @@ INTERRUPTED = (
 )
 
 
+def _loads(text: str | None) -> Any:
+    """A JSON column. Text that no response could encode (a lone surrogate, kept by a job
+    stored before requests were checked for it) reads as U+FFFD, never as an error."""
+    return replace_invalid_text(json.loads(text)) if text else None
+
+
+def _decode(data: bytes) -> str:
+    """A TEXT column's bytes: UTF-8, with anything else (written by other tools) as U+FFFD."""
+    return data.decode("utf-8", "replace")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -57,6 +69,7 @@ class JobStore:
         self._interrupted: set[str] = set()  # stopped for a shutdown: to be queued again
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        self._db.text_factory = _decode
         self._db.execute("PRAGMA journal_mode=WAL")
         # A submitted job is synced to disk before the client hears of it (see submit);
         # later changes (claim, finish) are only written: a process crash loses none of
@@ -86,14 +99,13 @@ class JobStore:
             model=row["model"],
             status=row["status"],
             queue_position=position,
-            progress=self._progress.get(row["id"])
-            or (json.loads(row["progress"]) if row["progress"] else None),
+            progress=self._progress.get(row["id"]) or _loads(row["progress"]),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
-            request=json.loads(row["request"]),
-            result=json.loads(row["result"]) if row["result"] else None,
-            error=json.loads(row["error"]) if row["error"] else None,
+            request=_loads(row["request"]),
+            result=_loads(row["result"]),
+            error=_loads(row["error"]),
             worker=row["worker"],
         )
 

@@ -413,8 +413,10 @@ def test_unc_share_mapping(make_client, scene: Scene):
 def test_long_names_are_a_4xx_everywhere(client: TestClient, scene: Scene):
     name = "a" * 300 + ".png"
     assert client.get(f"/api/files/{'0' * 32}/{name}").status_code == 404
-    long_path = "/".join(["d" * 200] * 30)
+    long_path = "/".join(["d" * 200] * 30)  # 6000 characters: the request's bound
+    wide_path = "/".join(["é" * 100] * 21)  # 2100 characters, but 4220 bytes: the OS's bound
     for field in ("input_image_path", "output_image_path"):
-        response = client.post("/api/images", json=QUICK | {field: f"{scene.show}/{long_path}.png"})
-        assert response.status_code == 422 and response.json()["error"]["field"] == field
-        assert "paths can have at most 4095" in response.json()["error"]["message"]
+        for path, message in ((long_path, "at most 4096 characters"), (wide_path, "at most 4095")):
+            response = client.post("/api/images", json=QUICK | {field: f"{scene.show}/{path}.png"})
+            assert response.status_code == 422 and response.json()["error"]["field"] == field
+            assert message in response.json()["error"]["message"]

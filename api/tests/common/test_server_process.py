@@ -156,3 +156,34 @@ def test_a_second_server_on_the_same_data_dir_exits_and_the_first_keeps_its_jobs
     assert "in use by another deferred-diffusion server" in second.stderr
     done = http.get(f"/api/jobs/{running['id']}?wait=120").json()
     assert done["status"] == "succeeded", done
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(server: Server):
+    """A body with no Content-Length (chunked) is counted as it arrives: the server answers
+    413 once it passes the JSON limit and reads no more, so the client stops sending."""
+    from api.main import MAX_JSON_BYTES
+
+    chunk = b" " * 2**20
+    total = 4 * MAX_JSON_BYTES // len(chunk)  # what the client would send if let
+    sent = 0
+
+    def body():
+        nonlocal sent
+        for _ in range(total):
+            sent += 1
+            yield chunk
+
+    http = httpx.Client(base_url=server.url, timeout=60)
+    response = http.post(
+        "/api/images", content=body(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == {
+        "type": "payload_too_large",
+        "message": "too large: a request body is at most 128 MiB (send large inputs through "
+        "POST /api/files)",
+        "field": "body",
+    }
+    # The limit, plus what the sockets' buffers took before the connection closed.
+    assert MAX_JSON_BYTES // len(chunk) < sent < 2 * MAX_JSON_BYTES // len(chunk)
+    assert http.get("/api/jobs").json() == []

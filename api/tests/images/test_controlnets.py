@@ -303,12 +303,14 @@ REJECTIONS = {
         "sdxl-refiner has no depth ControlNet (it takes no ControlNets)",
     ),
     "task model": (
-        lambda ws, tmp: body_for(
-            ws, "sd-x4-upscaler", Mode.image_to_image, controlnets=[control(ws)]
-        ),
+        lambda ws, tmp: {
+            "model": "sd-x4-upscaler",
+            "input_image_path": str(write_image(ws / "plate.png")),
+            "controlnets": [control(ws)],
+        },
         422,
-        "controlnets.0.model",
-        "sd-x4-upscaler has no depth ControlNet",
+        "controlnets",
+        "does not apply to sd-x4-upscaler (upscale); its fields: model, input_image_path",
     ),
     "missing control image": (
         lambda ws, tmp: body_for(

@@ -209,12 +209,12 @@ def test_oversized_bodies_are_refused(client: TestClient, workspace: Path, tmp_p
     import api.main
 
     before = files_under(tmp_path)
-    monkeypatch.setattr(api.main, "MAX_REQUEST_BYTES", 200)
+    monkeypatch.setattr(api.main, "MAX_JSON_BYTES", 200)
     big = client.post("/api/images", json=OK | {"prompt": "x" * 300})
     assert big.status_code == 413 and big.json()["error"]["type"] == "payload_too_large"
+    assert big.json()["error"]["field"] == "body"
     assert_nothing_happened(client, tmp_path, before)
 
-    monkeypatch.setattr(api.main, "MAX_REQUEST_BYTES", 2**30)
     monkeypatch.setattr(api.common.router, "MAX_UPLOAD_BYTES", 100)
     data = write_image(workspace / "p.png").read_bytes()
     before = files_under(tmp_path)

@@ -147,7 +147,7 @@ def test_tile_starts_cover_with_overlap():
 @pytest.mark.parametrize(
     ("kind", "field", "words"),
     [
-        ("no input image", "input_image_path", "needs input_image_path"),
+        ("no input image", "input_image_path", "Field required"),
         ("input too large", "input_image_path", "16384"),
     ],
 )

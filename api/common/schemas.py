@@ -1,0 +1,105 @@
+"""What every request body of every domain inherits: unknown fields refused, every string
+valid Unicode, and the bounds on prompts, names and paths."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+MAX_PROMPT_CHARS = 10_000
+MAX_NAME_CHARS = 200  # model names and other identifiers
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
+# An input sent inline as a data: URL: 64 MiB of base64 (48 MiB of image). Bigger inputs go
+# through POST /api/files. The JSON body as a whole is bounded too (api.main.MAX_JSON_BYTES).
+MAX_DATA_URL_CHARS = 64 * 2**20
+
+# A lone UTF-16 surrogate: JSON can spell one ("\ud800"), but it is no character, and UTF-8
+# can't hold it (the job store, the response and the output's metadata would all fail on it).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with surrogates spelled out (``\\ud800``), safe to show and to encode."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def find_invalid_text(value: Any, location: tuple[str | int, ...] = ()) -> tuple | None:
+    """The location (keys and indexes) of the first string in ``value`` that is not valid
+    Unicode, with the string and the offending index; None when every string is valid."""
+    if isinstance(value, str):
+        found = None if value.isascii() else _SURROGATE.search(value)  # isascii: O(1)
+        return (location, value, found.start()) if found else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = find_invalid_text(key, (*location, _escaped(str(key)))) or find_invalid_text(
+                item, (*location, key)
+            )
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = find_invalid_text(item, (*location, index))
+            if found:
+                return found
+    return None
+
+
+def replace_invalid_text(value: Any) -> Any:
+    """``value`` (strings, lists, dicts, nested) with every lone surrogate replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {replace_invalid_text(k): replace_invalid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_invalid_text(item) for item in value]
+    return value
+
+
+def _check_input_path(value: str) -> str:
+    if len(value) > MAX_PATH_CHARS and not value.startswith("data:"):
+        raise PydanticCustomError(
+            "path_too_long",
+            "a path is at most {limit} characters (this one has {length}); only a data: URL "
+            "may be longer (up to {data_url_mib} MiB)",
+            {
+                "limit": MAX_PATH_CHARS,
+                "length": len(value),
+                "data_url_mib": MAX_DATA_URL_CHARS >> 20,
+            },
+        )
+    return value
+
+
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+OutputPath = Annotated[str, Field(max_length=MAX_PATH_CHARS)]
+# A path on shared storage or from POST /api/files, or an inline data: URL.
+InputPath = Annotated[str, Field(max_length=MAX_DATA_URL_CHARS), AfterValidator(_check_input_path)]
+
+
+class RequestModel(BaseModel):
+    """Base of every request body (and of the objects inside one): a field the model
+    doesn't have is refused, and so is any string, key or value, nested ones included, that
+    is not valid Unicode (a lone surrogate) -- a 422 naming where it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        found = find_invalid_text(data)
+        if found is None:
+            return data
+        location, text, index = found
+        error = PydanticCustomError(
+            "invalid_unicode",
+            "not valid Unicode: a lone UTF-16 surrogate ({character}) at character {index}",
+            {"character": _escaped(text[index]), "index": index},
+        )
+        raise ValidationError.from_exception_data(
+            cls.__name__,
+            [InitErrorDetails(type=error, loc=location, input=_escaped(text[:200]))],
+        )

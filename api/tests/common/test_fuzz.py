@@ -1,7 +1,7 @@
 """Schemathesis over the server's own /openapi.json, against a real ``python -m api serve``
 on the tiny models: no 5xx, and every status, content type and body as documented.
 
-Kept cheap for CI (about 400 requests): a few examples per operation and generation mode,
+Kept cheap for CI (about 320 requests): a few examples per operation and generation mode,
 with API keys on and the valid key sent (the fuzzer's invalid cases also alter it), and the
 image jobs it submits kept few and small; see ``cheap``.
 """
@@ -28,7 +28,7 @@ from api.tests.common.test_server_process import Server, free_port
 
 KEY = "fuzz-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-EXAMPLES = 25  # per operation and generation mode (valid, invalid)
+EXAMPLES = 20  # per operation and generation mode (valid, invalid)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -42,7 +42,7 @@ CAPS = {
     "num_inference_steps": (1, 500, 2),
 }
 MAX_WAIT = 2.0  # seconds a valid ``wait`` is cut to
-JOB_MODELS = ["sd1.5", "sdxl", "sd3", "flux-schnell"]  # one job each: every tiny family runs
+JOB_MODELS = ["sd1.5", "flux-schnell"]  # one job each: a UNet and a transformer family
 
 pytestmark = pytest.mark.slow
 

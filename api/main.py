@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
     settings = settings or load_settings()
     services = Services.from_settings(settings)
     image_service.check_warm_up(settings.warmup)
+    links = LinkSigner(load_secret(services.data_dir), settings.url_expiry_seconds)
     store = JobStore(services.data_dir / "jobs.sqlite3")
     handlers = {"images": functools.partial(image_service.run_image_job, services)}
     warm_up = (
@@ -117,7 +118,7 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
         responses=error_responses(500),
     )
     app.state.services = services
-    app.state.links = LinkSigner(load_secret(services.data_dir), settings.url_expiry_seconds)
+    app.state.links = links
     app.state.engine = engine
     app.state.catalogs = [image_service.describe_models]
     install_error_handlers(app)

@@ -32,17 +32,14 @@ FRESH_LINK = "get a fresh link from the job (GET /api/jobs/<id>) or send the API
 def load_secret(data_dir: Path) -> bytes:
     """The data dir's signing secret, made (readable by this user only) on first use."""
     path = data_dir / SECRET_FILE
-    if not path.exists():
-        part = path.with_name(f".{SECRET_FILE}.{os.getpid()}.part")
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_hex(32))
-        try:
-            os.link(part, path)  # never replaces a secret another server made meanwhile
-        except FileExistsError:
-            pass
-        finally:
-            part.unlink()
     if os.name == "posix" and path.stat().st_mode & 0o077:
         log.warning("%s was readable by other users: made private (mode 0600)", path)
         path.chmod(0o600)

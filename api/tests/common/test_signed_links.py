@@ -8,7 +8,11 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
+from api.common.settings import SettingsError
 from api.common.signing import SECRET_FILE
+from api.main import create_app
 from api.tests.conftest import image_request, run_job
 
 KEY = {"Authorization": "Bearer s3cret"}
@@ -109,3 +113,11 @@ def test_without_keys_every_link_opens(client, workspace: Path):
     assert "sig=" in link
     assert client.get(link).status_code == 200
     assert client.get(link.split("?")[0]).status_code == 200
+
+
+def test_an_unusable_secret_stops_the_start(make_settings, tmp_path: Path):
+    secret = tmp_path / "data" / SECRET_FILE
+    secret.parent.mkdir(parents=True)
+    secret.write_text("")
+    with pytest.raises(SettingsError, match=f"{secret} holds no usable link-signing secret"):
+        create_app(make_settings(), devices=["cpu"])

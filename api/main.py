@@ -7,10 +7,13 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,7 +21,7 @@ from api import __version__
 from api.common import router as common
 from api.common.datadir import lock_data_dir, unlock_data_dir
 from api.common.devices import compute_devices
-from api.common.errors import ApiError
+from api.common.errors import ApiError, ErrorResponse, error_responses
 from api.common.jobs import router as jobs
 from api.common.jobs.engine import JobEngine
 from api.common.jobs.process import DeviceProcesses
@@ -27,6 +30,7 @@ from api.common.jobs.store import JobStore
 from api.common.media import limit_input_pixels
 from api.common.services import Services
 from api.common.settings import Settings, load_settings
+from api.common.signing import LinkSigner, load_secret
 from api.images import router as images
 from api.images import service as image_service
 
@@ -37,11 +41,12 @@ log = logging.getLogger("api")
 MAX_JSON_BYTES = 128 * 2**20
 UPLOAD_ROUTE = ("POST", "/api/files")
 
+# Swagger UI's and ReDoc's scripts, served from the fastapi-offline package: no CDN.
+DOCS_ASSETS = "/docs/static"
+
 
 def error_response(status: int, type_: str, message: str, field: str | None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"type": type_, "message": message, "field": field}}, status_code=status
-    )
+    return JSONResponse(ErrorResponse.of(type_, message, field), status_code=status)
 
 
 def _field_of(location: tuple) -> str | None:
@@ -70,7 +75,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return error_response(exc.status_code, kind, str(exc.detail), None)
 
     @app.exception_handler(Exception)
@@ -168,6 +175,7 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
     limit_input_pixels(settings.max_input_pixels)
     services = Services.from_settings(settings)
     image_service.check_warm_up(settings.warmup)
+    links = LinkSigner(load_secret(services.data_dir), settings.url_expiry_seconds)
     store = JobStore(services.data_dir / "jobs.sqlite3")
     devices = devices or compute_devices(settings.device)
     handlers, warm_up = job_functions(services)
@@ -199,17 +207,75 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
         description="Generative AI jobs for VFX pipelines: images (more domains to come). "
         "Every model call is a job: submit, then wait, poll or follow its events.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        responses=error_responses(500),
     )
     app.state.services = services
+    app.state.links = links
     app.state.engine = engine
     app.state.catalogs = [image_service.describe_models]
     install_error_handlers(app)
 
     app.add_middleware(BodyLimit, limit_for=body_limit)
 
-    guarded = [Depends(common.require_api_key)]
+    guarded = {"dependencies": [Depends(common.require_api_key)], "responses": error_responses(401)}
     app.include_router(common.health_router)
-    app.include_router(common.router, prefix="/api", dependencies=guarded)
-    app.include_router(jobs.router, prefix="/api", dependencies=guarded)
-    app.include_router(images.router, prefix="/api", dependencies=guarded)
+    app.include_router(common.router, prefix="/api", **guarded)
+    app.include_router(jobs.router, prefix="/api", **guarded)
+    app.include_router(images.router, prefix="/api", **guarded)
+    install_docs(app)
     return app
+
+
+def install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc, working offline; the spec's error answers
+    are ours (FastAPI's default 422 schema is not what the handlers send)."""
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_default_validation_errors(fastapi_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def without_default_validation_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """Drop the 422 FastAPI adds to every route with parameters (its own error schema):
+    routes that can answer 422 declare it with ``error_responses``, in our shape."""
+    for path in spec["paths"].values():
+        for operation in path.values():
+            response = operation.get("responses", {}).get("422", {})
+            schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+            if schema.get("$ref", "").endswith("/HTTPValidationError"):
+                del operation["responses"]["422"]
+    schemas = spec.get("components", {}).get("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    return spec

@@ -1,8 +1,59 @@
-"""One small exception hierarchy, mapped to HTTP in one handler (see ``install_error_handlers``)."""
+"""One small exception hierarchy, mapped to HTTP in one handler (see ``install_error_handlers``).
+
+``ErrorResponse`` is the body of every error answer; the handlers build it and the OpenAPI
+spec documents it (``error_responses``), so the two can't drift apart.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(
+        description="What kind of error, for programs: e.g. invalid_field, not_found.",
+        examples=["invalid_field"],
+    )
+    message: str = Field(description="What went wrong and how to fix it, for people.")
+    field: str | None = Field(
+        description="The request field, query parameter or header at fault; null when none.",
+        examples=["input_image_path"],
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+    @classmethod
+    def of(cls, type_: str, message: str, field: str | None) -> dict[str, Any]:
+        return cls(error=ErrorDetail(type=type_, message=message, field=field)).model_dump()
+
+
+# What each error status means, as the OpenAPI spec says it.
+STATUS_MEANINGS = {
+    400: "`bad_request`: malformed JSON or multipart body.",
+    401: "`unauthorized`: missing or wrong API key (when `DD_API_KEYS` is set), or an "
+    "expired or altered signed link.",
+    403: "`forbidden`: a path outside the allowed roots (`DD_ALLOWED_ROOTS`).",
+    404: "`not_found`: no such job, file or route.",
+    409: "`conflict`: the job already finished.",
+    413: "`payload_too_large`: the request body or upload is too large.",
+    422: "`invalid_field`: a field that can't be used; `field` names it.",
+    500: "`internal_error`: a bug; the message says what raised.",
+    503: "`unavailable`: the server can't take this now.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` (OpenAPI) of a route that can answer these error statuses."""
+    return {
+        status: {"model": ErrorResponse, "description": STATUS_MEANINGS[status]}
+        for status in statuses
+    }
 
 
 class ApiError(Exception):
@@ -17,7 +68,7 @@ class ApiError(Exception):
         self.field = field
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"type": self.type, "message": self.message, "field": self.field}}
+        return ErrorResponse.of(self.type, self.message, self.field)
 
 
 class BadRequest(ApiError):

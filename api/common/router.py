@@ -6,20 +6,28 @@ import hmac
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Depends, Request, UploadFile
 from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from api import __version__
 from api.common.devices import describe
-from api.common.errors import InvalidField, NotFound, PayloadTooLarge, Unauthorized
+from api.common.errors import (
+    InvalidField,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    error_responses,
+)
 from api.common.files import WriteFolder, open_regular_file, served_path
 from api.common.media import check_image_file, image_suffix
 from api.common.services import Services
+from api.common.signing import FILES_PREFIX
 
 MAX_UPLOAD_BYTES = 2**30  # a 4K float EXR plate is ~150 MB
 UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr")
@@ -27,19 +35,56 @@ UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr")
 router = APIRouter()
 health_router = APIRouter()
 
+# A download's signed link (see api.common.signing), checked by require_api_key.
+SIGNED_LINK_PARAMETERS = [
+    {
+        "name": "expires",
+        "in": "query",
+        "required": False,
+        "description": "Signed link: its expiry, in unix time (with `sig`, opens without a key).",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    {
+        "name": "sig",
+        "in": "query",
+        "required": False,
+        "description": "Signed link: HMAC-SHA256 of the path and `expires`, in hex.",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    },
+]
 
-def require_api_key(request: Request) -> None:
-    """With DD_API_KEYS set, every /api call needs ``Authorization: Bearer <key>``."""
+
+api_key = HTTPBearer(
+    scheme_name="ApiKey",
+    description="One of DD_API_KEYS, as `Authorization: Bearer <key>` (when keys are set).",
+    auto_error=False,
+)
+
+
+def require_api_key(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(api_key)],
+) -> None:
+    """With DD_API_KEYS set, every /api call needs ``Authorization: Bearer <key>``; a
+    download also opens with a signed link (``?expires=&sig=``) instead."""
     keys = request.app.state.services.settings.api_keys
     if not keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(
-        hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys
+    if credentials is not None and any(
+        hmac.compare_digest(credentials.credentials.encode(), key.encode()) for key in keys
     ):
-        raise Unauthorized(
-            "missing or wrong API key: send 'Authorization: Bearer <key>'", "Authorization"
+        return
+    query = request.query_params
+    route = request.scope.get("route")
+    if getattr(route, "endpoint", None) is get_file and ("sig" in query or "expires" in query):
+        job_id, name = request.path_params["job_id"], request.path_params["name"]
+        request.app.state.links.check(
+            f"{FILES_PREFIX}{job_id}/{name}", query.get("expires"), query.get("sig")
         )
+        return
+    raise Unauthorized(
+        "missing or wrong API key: send 'Authorization: Bearer <key>'", "Authorization"
+    )
 
 
 def all_models(request: Request) -> list[dict[str, Any]]:
@@ -87,6 +132,7 @@ class UploadedFile(BaseModel):
     tags=["files"],
     status_code=201,
     response_model=UploadedFile,
+    responses=error_responses(400, 403, 413, 422),
 )
 async def upload_file(request: Request, file: UploadFile) -> UploadedFile:
     """Upload an input image for clients without the shared mount; returns a usable path."""
@@ -138,7 +184,15 @@ class ServedFile(FileResponse):
 
 
 @router.get(
-    "/files/{job_id}/{name}", operation_id="files_get", tags=["files"], response_class=FileResponse
+    "/files/{job_id}/{name}",
+    operation_id="files_get",
+    tags=["files"],
+    response_class=FileResponse,
+    responses={
+        200: {"description": "The file's bytes.", "content": {"image/*": {}}},
+        **error_responses(404),
+    },
+    openapi_extra={"parameters": SIGNED_LINK_PARAMETERS},
 )
 def get_file(request: Request, job_id: str, name: str) -> FileResponse:
     """An output of a job, by the ``url`` in its result."""

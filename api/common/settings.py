@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     allowed_roots: list[Path] | None = None
     path_map: dict[str, str] = {}
     api_keys: list[str] = []
+    url_expiry_seconds: int = Field(7 * 24 * 3600, ge=1)  # signed download links in results
     allow_no_auth: bool = False
     device: str = "auto"
     # Each device's jobs in a worker process of its own: "auto" = with several GPUs.

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import Field, PlainValidator
 from starlette.concurrency import run_in_threadpool
 
+from api.common.errors import error_responses
 from api.common.jobs.router import WaitSeconds, job_response
 from api.common.jobs.schemas import Job, JobKind
 from api.images.schemas import AnyImageRequest
@@ -33,7 +34,10 @@ ImageBody = Annotated[
     operation_id="images_create",
     status_code=202,
     response_model=Job,
-    responses={200: {"model": Job, "description": "Finished within `wait`."}},
+    responses={
+        200: {"model": Job, "description": "Finished within `wait`."},
+        **error_responses(400, 403, 413, 422),
+    },
 )
 async def create_image(
     body: ImageBody, request: Request, response: Response, wait: WaitSeconds = 0
@@ -47,4 +51,4 @@ async def create_image(
     job = await run_in_threadpool(
         engine.submit, JobKind.images, checked.model, checked.model_dump(mode="json")
     )
-    return await job_response(engine, job, wait, response)
+    return await job_response(request, job, wait, response)

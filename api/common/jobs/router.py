@@ -9,8 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from api.common.errors import error_responses
 from api.common.jobs.engine import JobEngine
 from api.common.jobs.schemas import Job, JobKind, JobStatus
+from api.common.signing import LinkSigner
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -31,16 +33,24 @@ def engine_of(request: Request) -> JobEngine:
     return request.app.state.engine
 
 
-async def job_response(engine: JobEngine, job: Job, wait: float, response: Response) -> Job:
+def signed(request: Request, job: Job) -> Job:
+    """The job as answered: the download links in its result signed afresh."""
+    if job.result is None:
+        return job
+    links: LinkSigner = request.app.state.links
+    return job.model_copy(update={"result": links.sign_links(job.result)})
+
+
+async def job_response(request: Request, job: Job, wait: float, response: Response) -> Job:
     """The submit/wait answer: 200 once finished, 202 while queued or running."""
     if wait > 0 and not job.finished:
-        job = await engine.wait(job.id, wait)
+        job = await engine_of(request).wait(job.id, wait)
     response.status_code = 200 if job.finished else 202
     response.headers["Location"] = f"/api/jobs/{job.id}"
-    return job
+    return signed(request, job)
 
 
-@router.get("", operation_id="jobs_list", response_model=list[Job])
+@router.get("", operation_id="jobs_list", response_model=list[Job], responses=error_responses(422))
 def list_jobs(
     request: Request,
     status: JobStatus | None = None,
@@ -48,24 +58,32 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> list[Job]:
     """Recent jobs, newest first."""
-    return engine_of(request).store.list(status=status, kind=kind, limit=limit)
+    jobs = engine_of(request).store.list(status=status, kind=kind, limit=limit)
+    return [signed(request, job) for job in jobs]
 
 
-@router.get("/{job_id}", operation_id="jobs_get", response_model=Job)
+@router.get(
+    "/{job_id}",
+    operation_id="jobs_get",
+    response_model=Job,
+    responses={
+        202: {"model": Job, "description": "Still queued or running after `wait`."},
+        **error_responses(404, 422),
+    },
+)
 async def get_job(request: Request, job_id: str, response: Response, wait: WaitSeconds = 0) -> Job:
     """One job; with ``wait``, held until it ends or the time passes."""
-    engine = engine_of(request)
-    job = await engine.get(job_id)
+    job = await engine_of(request).get(job_id)
     if wait > 0:
-        return await job_response(engine, job, wait, response)
-    return job
+        return await job_response(request, job, wait, response)
+    return signed(request, job)
 
 
 @router.get(
     "/{job_id}/events",
     operation_id="jobs_events",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
 )
 async def job_events(request: Request, job_id: str) -> StreamingResponse:
     """Server-Sent Events: ``status``, ``progress`` (step/total), then ``result`` or ``error``."""
@@ -77,6 +95,8 @@ async def job_events(request: Request, job_id: str) -> StreamingResponse:
             if event == "keepalive":
                 yield ": keepalive\n\n"  # a comment: clients ignore it, proxies see traffic
             else:
+                if event == "result":
+                    data = request.app.state.links.sign_links(data)
                 yield f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
     return StreamingResponse(
@@ -84,7 +104,9 @@ async def job_events(request: Request, job_id: str) -> StreamingResponse:
     )
 
 
-@router.delete("/{job_id}", operation_id="jobs_cancel", response_model=Job)
+@router.delete(
+    "/{job_id}", operation_id="jobs_cancel", response_model=Job, responses=error_responses(404, 409)
+)
 def cancel_job(request: Request, job_id: str) -> Job:
     """Cancel: a queued job never runs; a running one stops at its next step. 409 if finished."""
-    return engine_of(request).cancel(job_id)
+    return signed(request, engine_of(request).cancel(job_id))

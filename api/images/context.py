@@ -24,6 +24,7 @@ from api.common.media import (
     open_image,
 )
 from api.common.models import ModelCache, Weights
+from api.common.names import did_you_mean
 from api.common.services import Services
 from api.common.settings import Speed
 from api.images.registry import (
@@ -49,7 +50,9 @@ def find_model(name: str) -> ImageModel:
     model = IMAGE_MODELS.get(name)
     if model is None:
         raise InvalidField(
-            f"unknown image model {name!r}; choose one of {', '.join(IMAGE_MODELS)}", "model"
+            f"unknown image model {name!r}{did_you_mean(name, IMAGE_MODELS, quote=True)}; "
+            f"choose one of {', '.join(IMAGE_MODELS)}",
+            "model",
         )
     return model
 

@@ -16,7 +16,7 @@ def serve(args: argparse.Namespace) -> int:
     from api.common.settings import SettingsError, load_settings
     from api.common.startup import log_start_up, quiet_model_libraries
 
-    flags = {name: getattr(args, name) for name in ("host", "port") if getattr(args, name)}
+    flags = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
     try:
         settings = load_settings(**flags)
         logging.basicConfig(

@@ -13,12 +13,15 @@ from pathlib import Path
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.common.datadir import lock_data_dir
+    from api.common.logs import quiet_model_libraries
     from api.common.settings import SettingsError, load_settings
-    from api.common.startup import log_start_up, quiet_model_libraries
+    from api.common.startup import log_start_up
 
     flags = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
     try:
         settings = load_settings(**flags)
+        lock_data_dir(settings.resolved_data_dir)  # held until the process ends
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",

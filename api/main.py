@@ -15,10 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import __version__
 from api.common import router as common
+from api.common.datadir import lock_data_dir, unlock_data_dir
 from api.common.devices import compute_devices
 from api.common.errors import ApiError
 from api.common.jobs import router as jobs
 from api.common.jobs.engine import JobEngine
+from api.common.jobs.process import DeviceProcesses
+from api.common.jobs.runner import JobHandler
 from api.common.jobs.store import JobStore
 from api.common.names import unknown_field_hint
 from api.common.services import Services
@@ -78,22 +81,41 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}", None)
 
 
+def job_functions(services: Services) -> tuple[dict[str, JobHandler], Callable[[str], None] | None]:
+    """The job handler of each kind, and the warm-up a runner does for its device first."""
+    handlers: dict[str, JobHandler] = {
+        "images": functools.partial(image_service.run_image_job, services)
+    }
+    warmup = services.settings.warmup
+    warm_up = functools.partial(image_service.warm_up, services, warmup) if warmup else None
+    return handlers, warm_up
+
+
+def uses_device_processes(settings: Settings, devices: list[str]) -> bool:
+    """Whether each device's jobs run in a worker process of its own: with several GPUs
+    (threads on several GPUs can't share one process's torch.compile), or when asked."""
+    gpus = sum(device.startswith("cuda") for device in devices)
+    return settings.device_processes == "always" or gpus > 1
+
+
 def create_app(settings: Settings | None = None, devices: list[str] | None = None) -> FastAPI:
     """The server. ``devices`` overrides DD_DEVICE (tests use ["cpu"])."""
     settings = settings or load_settings()
     services = Services.from_settings(settings)
     image_service.check_warm_up(settings.warmup)
     store = JobStore(services.data_dir / "jobs.sqlite3")
-    handlers = {"images": functools.partial(image_service.run_image_job, services)}
-    warm_up = (
-        functools.partial(image_service.warm_up, services, settings.warmup)
-        if settings.warmup
+    devices = devices or compute_devices(settings.device)
+    handlers, warm_up = job_functions(services)
+    processes = (
+        DeviceProcesses(settings, job_functions, services)
+        if uses_device_processes(settings, devices)
         else None
     )
-    engine = JobEngine(store, handlers, devices or compute_devices(settings.device), warm_up)
+    engine = JobEngine(store, handlers, devices, warm_up, processes)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        lock_data_dir(services.data_dir)  # one server per data dir (its job queue)
         interrupted = engine.start(asyncio.get_running_loop())
         if interrupted:
             log.warning(
@@ -104,6 +126,7 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
         finally:
             await asyncio.to_thread(engine.stop)
             store.close()
+            unlock_data_dir(services.data_dir)
 
     app = FastAPI(
         title="deferred-diffusion",

@@ -27,6 +27,15 @@ def compute_devices(setting: str) -> list[str]:
     return [f"cuda:{index}"]
 
 
+def use_device(device: str) -> None:
+    """Make ``device`` the calling thread's current CUDA device (each runner's thread, once),
+    so that whatever resolves a plain "cuda" in it lands on the runner's own GPU."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
+
+
 def describe(device: str) -> dict[str, Any]:
     """Name and memory of a device, for /health."""
     if not device.startswith("cuda"):

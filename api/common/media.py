@@ -6,8 +6,9 @@ import base64
 import binascii
 import io
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
@@ -62,26 +63,69 @@ def _open_exr(data: bytes, field: str) -> Image.Image:
     return Image.fromarray(np.round(srgb * 255).astype(np.uint8))
 
 
+# The formats an input image is saved as (an upload, a data URL), by what its bytes are:
+# PIL's format name → suffix. The name never comes from the client's file name or MIME type.
+IMAGE_FORMAT_SUFFIXES = {
+    "PNG": ".png",
+    "JPEG": ".jpg",
+    "MPO": ".jpg",  # a JPEG with extra frames (some cameras): PIL names it apart
+    "WEBP": ".webp",
+    "TIFF": ".tif",
+}
+_OPEN_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF")
+EXR_MAGIC = b"\x76\x2f\x31\x01"
+_DATA_URL_HEADER = re.compile(r"data:image/[A-Za-z0-9][A-Za-z0-9.+-]*(;[A-Za-z0-9=._+-]+)*;base64")
+
+
+def image_suffix(source: bytes | BinaryIO, field: str) -> str:
+    """The suffix for an input image's real format (from its first bytes), or a 4xx naming
+    ``field`` for anything but PNG, JPEG, WebP, TIFF and OpenEXR."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    start = stream.tell()
+    try:
+        if stream.read(len(EXR_MAGIC)) == EXR_MAGIC:
+            return ".exr"
+        stream.seek(start)
+        with Image.open(stream, formats=_OPEN_FORMATS) as image:
+            return IMAGE_FORMAT_SUFFIXES[image.format]
+    except Image.DecompressionBombError as exc:
+        raise InvalidField(f"{field}: {exc}", field) from None
+    except Exception:  # PIL raises many types for what it can't read
+        raise InvalidField(
+            f"{field} is not a PNG, JPEG, WebP, TIFF or OpenEXR image", field
+        ) from None
+    finally:
+        stream.seek(start)
+
+
 def decode_data_url(value: str, field: str) -> tuple[bytes, str]:
-    """``data:image/png;base64,...`` → (bytes, suffix), or a 4xx naming ``field``."""
+    """``data:image/png;base64,...`` → (bytes, suffix of the decoded image's real format), or
+    a 4xx naming ``field``. The MIME type is not trusted: the bytes say what the image is."""
     header, _, payload = value.partition(",")
-    if not header.startswith("data:image/") or ";base64" not in header:
-        raise InvalidField(f"{field}: only base64 image data URLs are accepted", field)
+    if not _DATA_URL_HEADER.fullmatch(header):
+        raise InvalidField(
+            f"{field}: only base64 image data URLs are accepted (data:image/<type>;base64,...)",
+            field,
+        )
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidField(f"{field}: the data URL is not valid base64", field) from None
-    suffix = "." + header[len("data:image/") :].split(";")[0].lower().replace("jpeg", "jpg")
-    return data, suffix
+    return data, image_suffix(data, field)
 
 
-def decode_image_bytes(data: bytes) -> Image.Image:
+def decode_image_bytes(data: bytes, field: str) -> Image.Image:
+    if data.startswith(EXR_MAGIC):
+        return _open_exr(data, field)
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         return image.copy()
 
 
 def check_image_bytes(data: bytes, field: str) -> None:
+    if data.startswith(EXR_MAGIC):
+        _open_exr(data, field)
+        return
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()

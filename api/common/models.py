@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,17 +107,42 @@ def tiny_info(folder: Path) -> dict[str, Any] | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
+# diffusers and transformers build a model inside context managers that patch torch for the
+# whole process while they run (nn.Module.register_parameter to make meta tensors, the
+# torch.nn.init functions to no-ops), so two models built at once in two threads corrupt
+# each other ("Cannot copy out of meta tensor"), and so would an IP-Adapter's layers built
+# during another device's load. Every construction of model modules holds this lock.
+_building = threading.RLock()
+
+
+@contextlib.contextmanager
+def building_models(device: str) -> Iterator[None]:
+    """Hold while building or changing a model's modules (``from_pretrained``, adapters).
+    On CUDA the thread's current device is ``device`` meanwhile: diffusers resolves
+    ``device_map="cuda"`` to it (see common.pipelines for transformers)."""
+    with _building:
+        if not device.startswith("cuda"):
+            yield
+            return
+        import torch
+
+        with torch.cuda.device(device):
+            yield
+
+
 class ModelCache:
     """Loaded models kept resident, least recently used evicted first.
 
     Bounded by a count and, on CUDA, by free memory: before a load, older entries are
-    evicted while the device has less free memory than the new model needs.
+    evicted while the device has less free memory than the new model needs. A load holds
+    no lock of the cache (``keys`` answers meanwhile), only the process-wide build lock.
+    One runner thread uses a device's cache, so the same key is never loaded twice at once.
     """
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def keys(self) -> list[Hashable]:
         with self._lock:
@@ -129,31 +155,40 @@ class ModelCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-            while len(self._entries) >= self.max_entries:
-                self._evict_oldest()
-            while self._entries and _free_bytes(device) < needed_bytes:
-                self._evict_oldest()
-            log.info("loading %s", key)
-            out_of_memory = False
-            try:
+        while len(self) >= self.max_entries:
+            self._evict_oldest()
+        while len(self) and _free_bytes(device) < needed_bytes:
+            self._evict_oldest()
+        log.info("loading %s on %s", key, device)
+        out_of_memory = False
+        try:
+            with building_models(device):
                 value = load()
-            except Exception as exc:
-                if type(exc).__name__ != "OutOfMemoryError" or not self._entries:
-                    raise
-                out_of_memory = True
-            if out_of_memory:
-                # The free-memory estimate was short (activations, fragmentation): unload
-                # every other model of this device and try once more (outside the except
-                # block, so the failed attempt's tensors are gone with its traceback).
-                log.warning("out of memory loading %s: unloading %s", key, list(self._entries))
-                while self._entries:
-                    self._evict_oldest()
+        except Exception as exc:
+            if type(exc).__name__ != "OutOfMemoryError" or not len(self):
+                raise
+            out_of_memory = True
+        if out_of_memory:
+            # The free-memory estimate was short (activations, fragmentation): unload
+            # every other model of this device and try once more (outside the except
+            # block, so the failed attempt's tensors are gone with its traceback).
+            log.warning("out of memory loading %s: unloading %s", key, self.keys())
+            while len(self):
+                self._evict_oldest()
+            with building_models(device):
                 value = load()
+        with self._lock:
             self._entries[key] = value
-            return value
+        return value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
     def _evict_oldest(self) -> None:
-        key, _ = self._entries.popitem(last=False)
+        with self._lock:
+            key, model = self._entries.popitem(last=False)
+        del model  # the last reference: free_memory can give its memory back
         log.info("evicting %s", key)
         from api.common.devices import free_memory
 

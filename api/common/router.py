@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-import shutil
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,11 +12,14 @@ from fastapi import APIRouter, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from api import __version__
 from api.common.devices import describe
 from api.common.errors import InvalidField, NotFound, PayloadTooLarge, Unauthorized
-from api.common.media import check_image_file
+from api.common.files import WriteFolder, open_regular_file, served_path
+from api.common.media import check_image_file, image_suffix
+from api.common.services import Services
 
 MAX_UPLOAD_BYTES = 2**30  # a 4K float EXR plate is ~150 MB
 UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".exr")
@@ -93,24 +96,45 @@ async def upload_file(request: Request, file: UploadFile) -> UploadedFile:
     if file.size is not None and file.size > MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(f"file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB", "file")
     services = request.app.state.services
-    path = services.data_dir / "uploads" / f"{uuid.uuid4().hex}{suffix}"
-    await run_in_threadpool(_store_upload, file, path)
+    path = await run_in_threadpool(_store_upload, services, file)
     return UploadedFile(path=services.paths.to_client(path))
 
 
-def _store_upload(file: UploadFile, path: Path) -> None:
-    """Copy the (already spooled) upload into place, then keep it only if it is an image."""
-    part = path.with_name(f".{path.stem}.part{path.suffix}")  # hidden until checked
-    part.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with part.open("wb") as out:
-            shutil.copyfileobj(file.file, out, 2**20)
-        if part.stat().st_size > MAX_UPLOAD_BYTES:
-            raise PayloadTooLarge(f"file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB", "file")
-        check_image_file(part, "file")
-        part.replace(path)
-    finally:
-        part.unlink(missing_ok=True)
+def _store_upload(services: Services, file: UploadFile) -> Path:
+    """Copy the (already spooled) upload into the upload folder under a name of its own
+    (the suffix from its real format, never the client's name), keeping it only if it is
+    an image."""
+    name = f"{uuid.uuid4().hex}{image_suffix(file.file, 'file')}"
+    folder = WriteFolder(services.uploads_dir, [services.data_dir], "file", "the upload folder")
+    with folder:
+        try:  # a hidden temp file until checked
+            part = folder.write_temp(name, file.file, limit=MAX_UPLOAD_BYTES)
+        except OverflowError:
+            raise PayloadTooLarge(
+                f"file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB", "file"
+            ) from None
+        try:
+            check_image_file(folder.path / part, "file")
+            folder.rename(part, name)
+        except BaseException:
+            folder.remove(part)
+            raise
+        return folder.path / name
+
+
+class ServedFile(FileResponse):
+    """A file served from the descriptor it was checked on (a link swapped in after the
+    check is never followed); the descriptor is closed when the response is done."""
+
+    def __init__(self, fd: int, path: Path, filename: str) -> None:
+        super().__init__(served_path(fd, path), filename=filename, stat_result=os.fstat(fd))
+        self.fd = fd
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)
 
 
 @router.get(
@@ -119,12 +143,14 @@ def _store_upload(file: UploadFile, path: Path) -> None:
 def get_file(request: Request, job_id: str, name: str) -> FileResponse:
     """An output of a job, by the ``url`` in its result."""
     job = request.app.state.engine.store.get(job_id)
-    paths = request.app.state.services.paths
+    services = request.app.state.services
     wanted = f"/api/files/{job_id}/{name}"
     for output in (job.result or {}).get("images", []):
         if output["url"] == wanted:
             # The take is this job's own copy; the main path may hold a later job's output.
-            path = Path(paths.to_server(output.get("take_path") or output["path"]))
-            if path.is_file():
-                return FileResponse(path, filename=Path(output["path"]).name)
+            path = Path(services.paths.to_server(output.get("take_path") or output["path"]))
+            # Only a regular file (not a link) inside the data dir or the allowed roots.
+            fd = open_regular_file(path, [services.data_dir, *services.paths.roots])
+            if fd is not None:
+                return ServedFile(fd, path, filename=Path(output["path"]).name)
     raise NotFound(f"job {job_id} has no output file {name!r}", "name")

@@ -10,21 +10,31 @@ from api.common.models import ModelCache
 from api.common.paths import PathPolicy
 from api.common.settings import Settings
 
+UPLOADS_FOLDER = "uploads"  # in the data dir
+
 
 @dataclass
 class Services:
     settings: Settings
     paths: PathPolicy
     _caches: dict[str, ModelCache] = field(default_factory=dict)
+    # Models resident in the worker processes of devices whose jobs run there: device → names.
+    _elsewhere: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        return cls(settings, PathPolicy(settings.roots, settings.path_map))
+        uploads = settings.resolved_data_dir / UPLOADS_FOLDER
+        return cls(settings, PathPolicy(settings.roots, settings.path_map, uploads))
 
     @property
     def data_dir(self) -> Path:
         return self.settings.resolved_data_dir
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploads and data URLs are saved: always an allowed input folder."""
+        return self.data_dir / UPLOADS_FOLDER
 
     @property
     def models_dir(self) -> Path:
@@ -46,4 +56,12 @@ class Services:
                     loaded.setdefault(str(key[0] if isinstance(key, tuple) else key), []).append(
                         device
                     )
+            for device, names in self._elsewhere.items():
+                for name in names:
+                    loaded.setdefault(name, []).append(device)
         return loaded
+
+    def note_loaded(self, device: str, loaded: dict[str, list[str]]) -> None:
+        """What a device's worker process reported resident (its ``loaded_models``)."""
+        with self._lock:
+            self._elsewhere[device] = sorted(loaded)

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         "auto",
         description="auto (every CUDA GPU, one job runner each; else the CPU), cpu, cuda, cuda:N",
     )
+    device_processes: Literal["auto", "always"] = Field(
+        "auto",
+        description="auto: with several GPUs, each GPU's jobs run in a worker process of its "
+        "own; always: also with one device (a crash in a model's native code then fails only "
+        "its job)",
+    )
     allow_downloads: bool = Field(
         True,
         description="download missing weights from Hugging Face (HF_HUB_OFFLINE=1 also stops "

@@ -1,12 +1,10 @@
-"""What ``python -m api serve`` says before it listens, and the model libraries kept quiet."""
+"""What ``python -m api serve`` says before it listens."""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
-import warnings
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,34 +15,6 @@ from api.common.models import downloads_possible
 from api.common.settings import start_up_warnings
 
 log = logging.getLogger("api")
-
-# Set (unless already set) before the model libraries load: no progress bars, no advice.
-QUIET_LIBRARIES = {
-    "TQDM_DISABLE": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "DIFFUSERS_VERBOSITY": "error",
-}
-# Loggers of libraries that report every request or every file at INFO.
-CHATTY_LOGGERS = ("httpx", "huggingface_hub", "urllib3", "filelock")
-
-
-def quiet_model_libraries(debug: bool) -> None:
-    """A server log without progress bars and library deprecation noise (this process only;
-    call it before the model libraries are imported). ``debug`` keeps the libraries' warnings,
-    as log lines."""
-    for name, value in QUIET_LIBRARIES.items():
-        if debug and name.endswith("VERBOSITY"):
-            continue
-        os.environ.setdefault(name, value)
-    logging.captureWarnings(True)  # what still warns becomes a log line, not raw stderr
-    if debug:
-        return
-    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def docs_url(host: str, port: int) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from api.common.errors import InvalidField
-from api.common.files import atomic_write
+from api.common.files import WriteFolder
 from api.common.media import (
     IMAGE_OUTPUT_SUFFIXES,
     check_image_bytes,
@@ -75,12 +75,13 @@ def mode_of(model: ImageModel, request: ImageRequest) -> Mode:
 
 
 class InputImages:
-    """Checks input image references at submit. A data URL becomes an uploaded file, but
-    only once every check has passed (``save``): a rejected request writes nothing."""
+    """Checks input image references at submit. A data URL becomes an uploaded file (named
+    by its decoded format), but only once every check has passed (``save``): a rejected
+    request writes nothing."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._pending: dict[str, bytes] = {}
+        self._pending: dict[str, tuple[str, bytes]] = {}  # path → (field, bytes)
 
     def check(self, value: str | None, field: str) -> str | None:
         """The reference as it will be stored in the job (a path), or a 4xx naming ``field``."""
@@ -89,8 +90,8 @@ class InputImages:
         if value.startswith("data:"):
             data, suffix = decode_data_url(value, field)
             check_image_bytes(data, field)
-            path = self.services.data_dir / "uploads" / f"{uuid.uuid4().hex}{suffix}"
-            self._pending[str(path)] = data
+            path = self.services.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
+            self._pending[str(path)] = (field, data)
             return str(path)
         check_image_file(self.services.paths.resolve_input_path(value, field), field)
         return value
@@ -98,12 +99,16 @@ class InputImages:
     def open(self, checked: str, field: str) -> Image.Image:
         """A checked reference, decoded."""
         if checked in self._pending:
-            return decode_image_bytes(self._pending[checked])
+            return decode_image_bytes(self._pending[checked][1], field)
         return open_image(self.services.paths.resolve_input_path(checked, field), field)
 
     def save(self) -> None:
-        for path, data in self._pending.items():
-            atomic_write(Path(path), data)
+        """Write the data URLs' images into the upload folder (inside the data dir)."""
+        for path, (where, data) in self._pending.items():
+            with WriteFolder(
+                self.services.uploads_dir, [self.services.data_dir], where, "the upload folder"
+            ) as folder:
+                folder.write(Path(path).name, data)
         self._pending.clear()
 
 

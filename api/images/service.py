@@ -244,9 +244,11 @@ def write_pictures(
     """Write each picture (atomically, with its take when the client named the path)."""
     base = ctx.output_path
     keep_take = base is not None
+    roots = services.paths.roots  # the client's path: inside the allowed roots
     if base is None:
         suffix = output_suffixes(ctx.mode, ctx.request)[0]
         base = services.data_dir / "outputs" / job.id / f"{ctx.model.name}_{ctx.seed}{suffix}"
+        roots = [services.data_dir]
     metadata = ctx.metadata(tiny) | {
         "job_id": job.id,
         "software": f"deferred-diffusion {__version__}",
@@ -260,7 +262,7 @@ def write_pictures(
             data = encode_exr(picture.array, metadata | extra)
         else:
             data = encode_image(picture.image, path.suffix, metadata | extra)
-        take = write_output(path, data, keep_take)
+        take = write_output(path, data, roots, "output_image_path", keep_take)
         outputs.append(
             ImageOutput(
                 path=to_client(path),

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from api.common.jobs.process import DeviceProcesses, ProcessRunner
 from api.common.jobs.runner import JobHandler, Runner
 from api.common.jobs.schemas import Job
 from api.common.jobs.store import JobStore
@@ -75,11 +76,13 @@ class JobEngine:
         handlers: dict[str, JobHandler],
         devices: list[str],
         warm_up: Callable[[str], None] | None = None,
+        processes: DeviceProcesses | None = None,
     ):
         self.store = store
         self.handlers = handlers
         self.devices = devices
         self.warm_up = warm_up  # run by each runner (with its device) before its first job
+        self.processes = processes  # when given, each device's jobs run in a process of its own
         self.events = JobEvents()
         self._wake = threading.Condition()
         self.runners: list[Runner] = []
@@ -88,13 +91,16 @@ class JobEngine:
         """Fail jobs a dead process left running, then start the runners; returns that count."""
         self.events.bind(loop)
         interrupted = self.store.fail_interrupted()
-        self.runners = [
-            Runner(device, self.store, self.handlers, self.events.publish, self._wake, self.warm_up)
-            for device in self.devices
-        ]
+        self.runners = [self._runner(device) for device in self.devices]
         for runner in self.runners:
             runner.start()
         return interrupted
+
+    def _runner(self, device: str) -> Runner:
+        args = (device, self.store, self.handlers, self.events.publish, self._wake, self.warm_up)
+        if self.processes is not None:
+            return ProcessRunner(*args, processes=self.processes)
+        return Runner(*args)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs; a running job stops at its next step and is queued again (it

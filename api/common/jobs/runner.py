@@ -6,11 +6,11 @@ import contextlib
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from api.common.devices import free_memory
+from api.common.devices import free_memory, use_device
 from api.common.errors import ApiError, JobCancelled, JobFailure
 from api.common.jobs.schemas import Job, JobStatus
 from api.common.jobs.store import JobStore
@@ -20,17 +20,34 @@ log = logging.getLogger("api.jobs")
 JobHandler = Callable[[Job, "JobContext"], dict[str, Any]]
 
 
-@dataclass
-class JobContext:
+class JobContext(ABC):
     """What a running job may use: its device, progress reports and the cancel check."""
 
-    job_id: str
-    device: str
-    store: JobStore
-    publish: Callable[[str, bool], None]  # (job id, only its progress changed)
+    def __init__(self, job_id: str, device: str) -> None:
+        self.job_id = job_id
+        self.device = device
 
+    @abstractmethod
     def progress(self, step: int, total: int) -> None:
         """Report a finished step; raises JobCancelled when the job was cancelled."""
+
+    @abstractmethod
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled when the job was cancelled (or the server is stopping)."""
+
+
+class StoreJobContext(JobContext):
+    """A job run by a runner thread of the server process: progress and cancel requests
+    live in the job store's memory."""
+
+    def __init__(
+        self, job_id: str, device: str, store: JobStore, publish: Callable[[str, bool], None]
+    ) -> None:
+        super().__init__(job_id, device)
+        self.store = store
+        self.publish = publish  # (job id, only its progress changed)
+
+    def progress(self, step: int, total: int) -> None:
         self.store.set_progress(self.job_id, step, total)
         self.publish(self.job_id, True)
         self.check_cancelled()
@@ -54,6 +71,22 @@ def describe_failure(exc: BaseException) -> dict[str, str]:
             "optimize_low_vram=true.",
         }
     return {"type": "internal_error", "message": f"{name}: {exc}"}
+
+
+Outcome = tuple[JobStatus, dict[str, Any] | None, dict[str, str] | None]
+
+
+def execute_job(handlers: dict[str, JobHandler], job: Job, context: JobContext) -> Outcome:
+    """Run a job's handler: (status, result, error) whatever it raises."""
+    try:
+        context.check_cancelled()
+        return JobStatus.succeeded, handlers[job.kind](job, context), None
+    except JobCancelled:
+        return JobStatus.cancelled, None, None
+    except Exception as exc:
+        if not isinstance(exc, JobFailure | ApiError):
+            log.exception("job %s raised", job.id)
+        return JobStatus.failed, None, describe_failure(exc)
 
 
 def _details(result: dict[str, Any] | None, error: dict[str, str] | None) -> str:
@@ -98,7 +131,9 @@ class Runner(threading.Thread):
         with self.wake:
             self.wake.notify_all()
 
-    def run(self) -> None:
+    def prepare(self) -> None:
+        """Before the first job: bind the thread to its device, warm up the chosen models."""
+        use_device(self.device)
         if self.warm_up is not None:
             try:
                 self.warm_up(self.device)
@@ -106,6 +141,12 @@ class Runner(threading.Thread):
                 log.exception("warm-up on %s failed", self.device)
             finally:
                 self.warming = False
+
+    def finish_up(self) -> None:
+        """After the last job (the server is stopping)."""
+
+    def run(self) -> None:
+        self.prepare()
         while not self.stopping.is_set():
             job = self.store.claim_next(self.name)
             if job is None:
@@ -125,10 +166,11 @@ class Runner(threading.Thread):
                             "message": "the job's end could not be recorded; see the server log",
                         },
                     )
+        self.finish_up()
 
     def run_job(self, job: Job) -> None:
         self.publish(job.id)
-        context = JobContext(job.id, self.device, self.store, self.publish)
+        context = StoreJobContext(job.id, self.device, self.store, self.publish)
         what = f"{job.kind} {job.model} on {self.device}"
         queued_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
         log.info("job %s started: %s after %.2f s in the queue", job.id, what, queued_s)
@@ -148,15 +190,5 @@ class Runner(threading.Thread):
             log.info("job %s %s: %s %s%s", job.id, status, what, took, _details(result, error))
         self.publish(job.id)
 
-    def execute(
-        self, job: Job, context: JobContext
-    ) -> tuple[JobStatus, dict[str, Any] | None, dict[str, str] | None]:
-        try:
-            context.check_cancelled()
-            return JobStatus.succeeded, self.handlers[job.kind](job, context), None
-        except JobCancelled:
-            return JobStatus.cancelled, None, None
-        except Exception as exc:
-            if not isinstance(exc, JobFailure | ApiError):
-                log.exception("job %s raised", job.id)
-            return JobStatus.failed, None, describe_failure(exc)
+    def execute(self, job: Job, context: StoreJobContext) -> Outcome:
+        return execute_job(self.handlers, job, context)

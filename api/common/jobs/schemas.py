@@ -47,6 +47,7 @@ class Job(BaseModel):
     request: dict[str, Any]
     result: dict[str, Any] | None = None
     error: JobError | None = None
+    worker: str | None = None  # what ran it, e.g. "runner-cuda:1"; null while queued
 
     @property
     def finished(self) -> bool:

@@ -94,6 +94,7 @@ class JobStore:
             request=json.loads(row["request"]),
             result=json.loads(row["result"]) if row["result"] else None,
             error=json.loads(row["error"]) if row["error"] else None,
+            worker=row["worker"],
         )
 
     def submit(self, kind: str, model: str, request: dict[str, Any]) -> Job:

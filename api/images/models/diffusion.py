@@ -27,7 +27,8 @@ from PIL import Image
 from transformers import CLIPVisionModelWithProjection
 
 from api.common.errors import JobFailure
-from api.common.models import Weights, folder_size
+from api.common.models import Weights, building_models, folder_size
+from api.common.pipelines import load_pipeline
 from api.common.settings import Speed
 from api.images.context import ImageContext, Picture, Runtime
 from api.images.models.depth import estimate_depth
@@ -116,12 +117,12 @@ def load_model(
         kwargs["variant"] = model.variant  # half the bytes to read (or download)
     if on_gpu and not low_vram:
         kwargs["device_map"] = "cuda"
-    with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():
-        pipe = AUTO_PIPELINES[base_mode].from_pretrained(weights.location, **kwargs)
-        if on_gpu and low_vram:
-            pipe.enable_model_cpu_offload(device=device)
-        elif on_gpu:
-            speed_up(pipe, speed)
+    # ModelCache.get runs this in common.models.building_models: "cuda" is ``device`` here.
+    pipe = load_pipeline(AUTO_PIPELINES[base_mode], weights.location, device, **kwargs)
+    if on_gpu and low_vram:
+        pipe.enable_model_cpu_offload(device=device)
+    elif on_gpu:
+        speed_up(pipe, speed)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe, base_mode, {base_mode: pipe})
 
@@ -254,21 +255,23 @@ def adapter_scale(unet: Any, adapter: IpAdapter) -> float | dict[str, Any]:
 
 @contextlib.contextmanager
 def ip_adapters_loaded(
-    pipe: DiffusionPipeline, ctx: ImageContext, weights: Weights
+    pipe: DiffusionPipeline, ctx: ImageContext, weights: Weights, device: str
 ) -> Iterator[dict[str, Any]]:
     """Load the request's IP-Adapters into ``pipe`` for one call and yield the call's
     arguments for them; then take them out again, whatever happened: the UNet is shared with
-    the kept pipelines, which must run as loaded afterwards."""
+    the kept pipelines, which must run as loaded afterwards. Building and removing their
+    layers holds the process-wide build lock (another device may be loading a model)."""
     unet = pipe.unet
     processors = unet.attn_processors
     files = [IP_ADAPTERS[ctx.model.family, adapter.model] for adapter in ctx.request.ip_adapters]
     try:
-        pipe.load_ip_adapter(
-            weights.location,
-            subfolder=[subfolder for subfolder, _ in files],
-            weight_name=[weight_name for _, weight_name in files],
-            image_encoder_folder=IP_ADAPTER_IMAGE_ENCODER,
-        )
+        with building_models(device):
+            pipe.load_ip_adapter(
+                weights.location,
+                subfolder=[subfolder for subfolder, _ in files],
+                weight_name=[weight_name for _, weight_name in files],
+                image_encoder_folder=IP_ADAPTER_IMAGE_ENCODER,
+            )
         pipe.set_ip_adapter_scale([adapter_scale(unet, a) for a in ctx.request.ip_adapters])
         arguments: dict[str, Any] = {"ip_adapter_image": ctx.adapter_images}
         if any(mask is not None for mask in ctx.adapter_masks):
@@ -284,8 +287,9 @@ def ip_adapters_loaded(
             }
         yield arguments
     finally:
-        pipe.unload_ip_adapter()
-        unet.set_attn_processor(processors)
+        with building_models(device):
+            pipe.unload_ip_adapter()
+            unet.set_attn_processor(processors)
 
 
 def _call_arguments(
@@ -362,7 +366,7 @@ def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[s
     if adapters is None:
         output = pipe(**arguments)
     else:
-        with ip_adapters_loaded(pipe, ctx, adapters) as adapter_arguments:
+        with ip_adapters_loaded(pipe, ctx, adapters, device) as adapter_arguments:
             output = pipe(**arguments, **adapter_arguments)
     finished = time.perf_counter()
     timings = {"load_s": loaded_at - started, "inference_s": finished - loaded_at}

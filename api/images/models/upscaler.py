@@ -8,7 +8,6 @@ plate needs no more memory than one tile and shows no seams. The result is exact
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Any
@@ -19,6 +18,7 @@ from diffusers import AutoencoderKL, StableDiffusionUpscalePipeline
 from PIL import Image
 
 from api.common.models import Weights, folder_size
+from api.common.pipelines import load_pipeline
 from api.images.context import ImageContext, Picture, Runtime
 from api.images.registry import UPSCALE_FACTOR, UPSCALE_NOISE_LEVEL, UPSCALE_TILE_OVERLAP
 
@@ -27,19 +27,19 @@ from api.images.registry import UPSCALE_FACTOR, UPSCALE_NOISE_LEVEL, UPSCALE_TIL
 TILE_MULTIPLE = 8
 
 
-def load_pipeline(weights: Weights, device: str, low_vram: bool) -> StableDiffusionUpscalePipeline:
+def load_upscaler(weights: Weights, device: str, low_vram: bool) -> StableDiffusionUpscalePipeline:
     on_gpu = device.startswith("cuda")
     kwargs: dict[str, Any] = {"dtype": torch.float16 if on_gpu else torch.float32}
     if on_gpu and not low_vram:
         kwargs["device_map"] = "cuda"
-    with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():
-        if on_gpu:  # the VAE overflows in float16: the pipeline would upcast it for every tile
-            kwargs["vae"] = AutoencoderKL.from_pretrained(
-                weights.location, subfolder="vae", **(kwargs | {"dtype": torch.float32})
-            )
-        pipe = StableDiffusionUpscalePipeline.from_pretrained(weights.location, **kwargs)
-        if on_gpu and low_vram:
-            pipe.enable_model_cpu_offload(device=device)
+    # ModelCache.get runs this in common.models.building_models: "cuda" is ``device`` here.
+    if on_gpu:  # the VAE overflows in float16: the pipeline would upcast it for every tile
+        kwargs["vae"] = AutoencoderKL.from_pretrained(
+            weights.location, subfolder="vae", **(kwargs | {"dtype": torch.float32})
+        )
+    pipe = load_pipeline(StableDiffusionUpscalePipeline, weights.location, device, **kwargs)
+    if on_gpu and low_vram:
+        pipe.enable_model_cpu_offload(device=device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -124,7 +124,7 @@ def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[s
     low_vram = ctx.request.optimize_low_vram and device.startswith("cuda")
     pipe = runtime.cache.get(
         (ctx.model.name, low_vram),
-        lambda: load_pipeline(weights, device, low_vram),
+        lambda: load_upscaler(weights, device, low_vram),
         needed_bytes=0 if low_vram else folder_size(weights.location),
         device=device,
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
-from api.common.models import ModelCache
+from api.common.models import ModelCache, Weights
 
 
 def test_least_recently_used_is_evicted():
@@ -43,3 +45,80 @@ def test_out_of_memory_with_nothing_to_unload_fails():
     with pytest.raises(torch.OutOfMemoryError):
         cache.get("a", load)
     assert cache.keys() == []
+
+
+def test_a_load_holds_no_lock_readers_need():
+    cache = ModelCache(max_entries=4)
+    cache.get("a", lambda: "A")
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load() -> str:
+        loading.set()
+        release.wait(30)
+        return "B"
+
+    loader = threading.Thread(target=cache.get, args=("b", slow_load))
+    loader.start()
+    try:
+        assert loading.wait(10)
+        assert cache.keys() == ["a"]  # answers while "b" loads
+        assert cache.get("a", lambda: pytest.fail("a is resident")) == "A"
+    finally:
+        release.set()
+        loader.join(10)
+    assert cache.keys() == ["a", "b"]
+
+
+def test_health_and_models_answer_while_a_model_loads(client):
+    cache = client.app.state.services.model_cache("cpu")
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load() -> str:
+        loading.set()
+        release.wait(30)
+        return "loaded"
+
+    loader = threading.Thread(target=cache.get, args=("a-slow-model", slow_load))
+    loader.start()
+    try:
+        assert loading.wait(10)
+        assert client.get("/health").status_code == 200
+        assert client.get("/api/models").status_code == 200
+    finally:
+        release.set()
+        loader.join(10)
+    assert "a-slow-model" in cache.keys()
+
+
+def test_two_devices_loading_at_once_build_whole_models(tiny_models):
+    """diffusers and transformers patch torch process-wide while they build a model: two
+    loads at once (two runners) must not see each other's meta tensors or skipped inits."""
+    from api.common.settings import Speed
+    from api.images.models.diffusion import load_model
+    from api.images.registry import IMAGE_MODELS
+
+    loaded: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def load(name: str) -> None:
+        model = IMAGE_MODELS[name]
+        weights = Weights("models_dir", str(tiny_models / name), tiny=True)
+        try:
+            loaded[name] = ModelCache(2).get(
+                name, lambda: load_model(model, weights, "cpu", False, Speed())
+            )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=load, args=(name,)) for name in ("sdxl", "sd3", "flux-schnell")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    for name, loaded_model in loaded.items():
+        for component in loaded_model.base.components.values():
+            for tensor in getattr(component, "state_dict", dict)().values():
+                assert not tensor.is_meta, name

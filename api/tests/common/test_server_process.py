@@ -174,3 +174,24 @@ def assert_log_says_what_it_served(server: Server, job: dict, tmp_path: Path, ti
     assert re.search(ended + r"\(load_s [\d.]+, inference_s [\d.]+, write_s [\d.]+\)\n", log), log
     for noise in ("it/s", "%|", "\r", "Warning", "warnings.warn", "Traceback"):
         assert noise not in log, (noise, log)
+
+
+def test_a_second_server_on_the_same_data_dir_exits_and_the_first_keeps_its_jobs(
+    server: Server, tmp_path: Path
+):
+    http = httpx.Client(base_url=server.url, timeout=60)
+    running = http.post("/api/images", json=SLOW | {"num_inference_steps": 20}).json()
+    second = subprocess.run(
+        [sys.executable, "-m", "api", "serve"],
+        env=server.env | {"DD_PORT": str(free_port())},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2
+    assert str(tmp_path / "data") in second.stderr
+    assert f"pid {server.process.pid}" in second.stderr
+    assert "in use by another deferred-diffusion server" in second.stderr
+    done = http.get(f"/api/jobs/{running['id']}?wait=120").json()
+    assert done["status"] == "succeeded", done

@@ -1,0 +1,51 @@
+"""Loading a diffusers pipeline straight onto one GPU of several, for every domain's models.
+
+``DiffusionPipeline.from_pretrained`` takes ``device_map="cuda"`` (not "cuda:1"): diffusers'
+own models go to the thread's current CUDA device, but transformers turns "cuda" into
+``cuda:$LOCAL_RANK``, i.e. cuda:0, so a pipeline loaded for cuda:1 would keep its text
+encoders on cuda:0. The transformers components are therefore loaded first, each with an
+explicit ``device_map``, and handed to the pipeline, which loads the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def load_pipeline(pipeline_class: Any, location: str, device: str, **kwargs: Any) -> Any:
+    """``pipeline_class.from_pretrained(location, **kwargs)``, every component on ``device``
+    when ``kwargs`` has ``device_map="cuda"``. Call it inside ``building_models(device)``."""
+    if kwargs.get("device_map") == "cuda":
+        kwargs = kwargs | transformers_components(location, device, kwargs)
+    return pipeline_class.from_pretrained(location, **kwargs)
+
+
+def transformers_components(location: str, device: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's transformers models (text and image encoders; not tokenizers or
+    processors) from its ``model_index.json``, loaded onto ``device``; those already given
+    in ``kwargs`` (e.g. ``safety_checker=None``) are left alone."""
+    import transformers
+    from diffusers import DiffusionPipeline
+
+    components = {}
+    for name, entry in DiffusionPipeline.load_config(location).items():
+        if name.startswith("_") or name in kwargs or not isinstance(entry, list | tuple):
+            continue
+        library, class_name = entry
+        model_class = getattr(transformers, class_name or "", None)
+        if library != "transformers" or not (
+            isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)
+        ):
+            continue
+        variant = kwargs.get("variant")
+        if variant and Path(location).is_dir():  # a local copy: only where it has the files
+            variant = variant if any(Path(location, name).glob(f"*.{variant}.*")) else None
+        components[name] = model_class.from_pretrained(
+            location,
+            subfolder=name,
+            dtype=kwargs.get("dtype"),
+            variant=variant,
+            device_map={"": device},
+        )
+    return components

@@ -164,7 +164,7 @@ def test_a_failed_call_unloads_the_adapters(tiny_models: Path):
         adapter_masks=[None],
     )
     weights = Weights("models_dir", str(tiny_models / "IP-Adapter"), tiny=True)
-    with pytest.raises(RuntimeError, match="boom"), ip_adapters_loaded(pipe, ctx, weights):
+    with pytest.raises(RuntimeError, match="boom"), ip_adapters_loaded(pipe, ctx, weights, "cpu"):
         assert pipe.unet.encoder_hid_proj is not None
         raise RuntimeError("boom")
     assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before

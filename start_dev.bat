@@ -9,5 +9,5 @@ if not exist ".venv\Scripts\python.exe" (
     if errorlevel 1 exit /b 1
 )
 call ".venv\Scripts\activate.bat"
-python -m api serve
+python -m api serve %*
 exit /b %errorlevel%

@@ -10,15 +10,23 @@ import sys
 from pathlib import Path
 
 
-def serve(_: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.common.datadir import lock_data_dir
+    from api.common.logs import quiet_model_libraries
     from api.common.settings import SettingsError, load_settings
+    from api.common.startup import log_start_up
 
+    flags = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
     try:
-        settings = load_settings()
+        settings = load_settings(**flags)
         lock_data_dir(settings.resolved_data_dir)  # held until the process ends
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        quiet_model_libraries(debug=settings.log_level == "debug")
         # torch.compile keeps what it builds here, so a restart does not compile again.
         cache = settings.compile_cache_dir or settings.resolved_data_dir / "compile-cache"
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
@@ -28,16 +36,25 @@ def serve(_: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"deferred-diffusion: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_start_up(app)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
 
 
 def tiny_models(args: argparse.Namespace) -> int:
+    from api.common.names import did_you_mean
     from api.images.models.tiny import build_tiny_image_models
+    from api.images.models.tiny import tiny_models as known
 
+    names = list(known())
+    for name in args.only or []:
+        if name not in names:
+            print(
+                f"python -m api tiny-models: no tiny model {name!r}"
+                f"{did_you_mean(name, names, quote=True)}; the names are: {', '.join(names)}",
+                file=sys.stderr,
+            )
+            return 2
     written = build_tiny_image_models(Path(args.dir), args.only or None)
     for name in written:
         print(Path(args.dir) / name)
@@ -60,9 +77,20 @@ def openapi(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from api.common.settings import settings_help
+
     parser = argparse.ArgumentParser(prog="python -m api", description="deferred-diffusion server")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="start the server (settings from DD_* variables)")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="start the server (settings from DD_* variables)",
+        description="Start the server. Its settings come from the environment variables below; "
+        "--host and --port override DD_HOST and DD_PORT.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve_parser.add_argument("--host", help="address to listen on (overrides DD_HOST)")
+    serve_parser.add_argument("--port", type=int, help="port to listen on (overrides DD_PORT)")
     tiny = commands.add_parser("tiny-models", help="write tiny random-weight models for tests")
     tiny.add_argument("dir", help="models folder (use it as DD_MODELS_DIR)")
     tiny.add_argument("--only", nargs="*", help="model names (default: all)")

@@ -28,6 +28,7 @@ from api.common.jobs.process import DeviceProcesses
 from api.common.jobs.runner import JobHandler
 from api.common.jobs.store import JobStore
 from api.common.media import limit_input_pixels
+from api.common.names import unknown_field_hint
 from api.common.services import Services
 from api.common.settings import Settings, load_settings
 from api.common.signing import LinkSigner, load_secret
@@ -60,15 +61,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
         if first.get("type") == "json_invalid":
             return error_response(400, "bad_request", f"malformed JSON: {first['msg']}", "body")
+        body_field = getattr(request.scope.get("route"), "body_field", None)
+        body = body_field.field_info.annotation if body_field is not None else None
         messages = []
         for err in errors:
             field = _field_of(tuple(err["loc"])) or "body"
-            messages.append(f"{field}: {err['msg']}")
+            message = f"{field}: {err['msg']}"
+            if err.get("type") == "extra_forbidden" and body is not None:
+                message += unknown_field_hint(body, tuple(err["loc"]))
+            messages.append(message)
         return error_response(
             422, "invalid_field", "; ".join(messages), _field_of(tuple(first["loc"])) or "body"
         )

@@ -84,13 +84,22 @@ def require_weights(
     weights = find_weights(name, repo, models_dir, allow_downloads, files)
     if weights is None:
         raise JobFailure(
-            f"weights for model {name!r} ({repo}) are not on this machine and downloads are off. "
-            f"Put them in {models_dir / name} (e.g. `hf download {repo} --local-dir "
-            f"{models_dir / name}` on a machine with network), or allow downloads "
-            "(DD_ALLOW_DOWNLOADS=true, HF_HUB_OFFLINE unset).",
+            missing_weights_message(name, repo, models_dir, allow_downloads),
             type="model_unavailable",
         )
     return weights
+
+
+def missing_weights_message(name: str, repo: str, models_dir: Path, allow_downloads: bool) -> str:
+    """Why weights ``find_weights`` did not find can't be had, and how to provide them."""
+    folder = models_dir / name
+    why = "DD_ALLOW_DOWNLOADS=false" if not allow_downloads else "HF_HUB_OFFLINE=1"
+    return (
+        f"weights for {name!r} ({repo}) are not on this machine (looked in {folder} and the "
+        f"Hugging Face cache) and downloads are off ({why}). Get them with `hf download {repo} "
+        f"--local-dir {folder}` (on a machine with network, then copy the folder here), or "
+        "allow downloads (DD_ALLOW_DOWNLOADS=true, HF_HUB_OFFLINE unset)"
+    )
 
 
 def tiny_info(folder: Path) -> dict[str, Any] | None:

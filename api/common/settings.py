@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
+import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
+
+from api.common.names import close_names
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -41,29 +46,99 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DD_", extra="ignore", frozen=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(5000, ge=1, le=65535)
-    data_dir: Path = Field(default_factory=default_data_dir)
-    models_dir: Path | None = None
-    allowed_roots: list[Path] | None = None
-    path_map: dict[str, str] = {}
-    api_keys: list[str] = []
-    url_expiry_seconds: int = Field(7 * 24 * 3600, ge=1)  # signed download links in results
-    allow_no_auth: bool = False
-    device: str = "auto"
-    # Each device's jobs in a worker process of its own: "auto" = with several GPUs.
-    device_processes: Literal["auto", "always"] = "auto"
-    allow_downloads: bool = True
-    max_loaded_models: int = Field(6, ge=1)
-    # Input images larger than this (from their header) are refused before decoding.
-    max_input_pixels: int = Field(8192 * 8192, ge=1)
-    warmup: list[str] = []  # models to load (and compile) at start-up, before the first job
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    host: str = Field(
+        "127.0.0.1",
+        description="address to listen on; 0.0.0.0 serves the network (needs DD_API_KEYS or "
+        "DD_ALLOW_NO_AUTH)",
+    )
+    port: int = Field(5000, ge=1, le=65535, description="port to listen on")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="the job database, uploads, and outputs of requests without an output path",
+    )
+    models_dir: Path | None = Field(
+        None,
+        description="local weights, one folder per model name (unset: <data dir>/models)",
+    )
+    allowed_roots: list[Path] | None = Field(
+        None,
+        description="JSON list of folders that input and output paths must lie in "
+        "(unset: the data dir and the home folder)",
+        examples=[["/mnt/show", "/data"]],
+    )
+    path_map: dict[str, str] = Field(
+        {},
+        description="JSON object, client path prefix to server path; applied to request "
+        "paths, reversed in results",
+        examples=[{"Z:/show": "/mnt/show"}],
+    )
+    api_keys: list[str] = Field(
+        [],
+        description="JSON list of API keys; when set, every /api call needs "
+        "'Authorization: Bearer <key>'",
+        examples=[["a-long-secret"]],
+    )
+    url_expiry_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=1,
+        description="seconds the signed links in job results open an output without the key",
+    )
+    allow_no_auth: bool = Field(
+        False,
+        description="allow binding beyond loopback without API keys (trusted networks only)",
+    )
+    device: str = Field(
+        "auto",
+        description="auto (every CUDA GPU, one job runner each; else the CPU), cpu, cuda, cuda:N",
+    )
+    device_processes: Literal["auto", "always"] = Field(
+        "auto",
+        description="auto: with several GPUs, each GPU's jobs run in a worker process of its "
+        "own; always: also with one device (a crash in a model's native code then fails only "
+        "its job)",
+    )
+    allow_downloads: bool = Field(
+        True,
+        description="download missing weights from Hugging Face (HF_HUB_OFFLINE=1 also stops "
+        "downloads)",
+    )
+    max_loaded_models: int = Field(
+        6, ge=1, description="models kept loaded per device (least recently used unloaded first)"
+    )
+    max_input_pixels: int = Field(
+        8192 * 8192,
+        ge=1,
+        description="input images with more pixels than this (read from their header) are "
+        "refused before decoding",
+    )
+    warmup: list[str] = Field(
+        [],
+        description="JSON list of diffusion models to load (and compile) on every device at "
+        "start-up, before the first job",
+        examples=[["sdxl"]],
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info",
+        description="critical, error, warning, info or debug (debug also logs the model "
+        "libraries' warnings)",
+    )
     # Speed (CUDA only; the CPU path always runs plain eager PyTorch).
-    compile: Literal["auto", "off", "regional", "full"] = "auto"
-    channels_last: bool = True
-    precision: Literal["auto", "bf16", "fp16"] = "auto"
-    compile_cache_dir: Path | None = None
+    compile: Literal["auto", "off", "regional", "full"] = Field(
+        "auto",
+        description="CUDA only: torch.compile of the diffusion models: auto (regional where "
+        "Triton is installed), regional, full or off",
+    )
+    channels_last: bool = Field(
+        True, description="CUDA only: channels-last memory layout for UNets and VAEs"
+    )
+    precision: Literal["auto", "bf16", "fp16"] = Field(
+        "auto", description="CUDA only: auto (bf16 where the GPU has it, else fp16), bf16, fp16"
+    )
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="where compiled kernels are kept across restarts "
+        "(unset: <data dir>/compile-cache)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -99,7 +174,8 @@ class Settings(BaseSettings):
     def _network(self) -> Settings:
         if not self.api_keys and not self.allow_no_auth and not is_loopback(self.host):
             raise ValueError(
-                f"DD_HOST={self.host} exposes the server beyond this machine without API keys; "
+                f"listening on {self.host} (DD_HOST or serve --host) exposes the server beyond "
+                "this machine without API keys; "
                 "set DD_API_KEYS='[\"a-long-secret\"]' or, on a trusted network, "
                 "DD_ALLOW_NO_AUTH=true"
             )
@@ -139,25 +215,95 @@ class SettingsError(Exception):
     """Settings that can't be used; the message says which and why."""
 
 
-def load_settings() -> Settings:
-    """Read and validate settings, turning pydantic's report into one readable message."""
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate settings, turning pydantic's report into one readable message.
+
+    ``overrides`` (command-line flags, e.g. ``host``) take precedence over DD_* variables
+    and are named as flags (``--host``) in the message.
+    """
+
+    def named(field: str) -> str:
+        return f"--{field.replace('_', '-')}" if field in overrides else f"DD_{field.upper()}"
+
     try:
-        settings = Settings()
+        settings = Settings(**overrides)
     except PydanticSettingsError as exc:  # a list/map variable that is not valid JSON
         match = re.search(r'field "(\w+)"', str(exc))
-        name = f"DD_{match.group(1).upper()}" if match else "a DD_ variable"
+        field = match.group(1) if match else ""
+        name = named(field) if field else "a DD_ variable"
         raise SettingsError(
-            f"invalid settings:\n  {name}: not valid JSON ({exc.__cause__ or exc})"
+            f"invalid settings:\n  {name}: not valid JSON ({exc.__cause__ or exc}){_example(field)}"
         ) from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            where = ".".join(str(part) for part in err["loc"])
-            name = f"DD_{where.upper()}" if where else "settings"
-            lines.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
+            field, *inner = [str(part) for part in err["loc"]] or [""]
+            name = named(field) + "".join(f"[{part}]" for part in inner) if field else "settings"
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {name}: {message}{_example(field)}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
     try:
         settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SettingsError(f"invalid settings:\n  DD_DATA_DIR: cannot create it: {exc}") from None
     return settings
+
+
+def _example(field: str) -> str:
+    """``; e.g. DD_PATH_MAP='{...}'`` for a setting with a documented example (the JSON ones)."""
+    info = Settings.model_fields.get(field)
+    if info is None or not info.examples:
+        return ""
+    return f"; e.g. DD_{field.upper()}='{json.dumps(info.examples[0])}'"
+
+
+# DD_ variables that other tools read (the clients, the tests): not a typo of a setting.
+OTHER_TOOLS_VARIABLES = frozenset({"DD_SERVER_ADDRESS", "DD_API_KEY", "DD_REAL_MODELS_DIR"})
+
+
+def start_up_warnings(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What looks wrong but need not stop the server: DD_ variables that are no setting (a
+    typo?), allowed roots that don't exist (a share not mounted?)."""
+    environ = os.environ if environ is None else environ
+    known = [name.upper() for name in Settings.model_fields]
+    warnings = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith("DD_") or upper[3:] in known or upper in OTHER_TOOLS_VARIABLES:
+            continue
+        meant = " or ".join(f"DD_{name}" for name in close_names(upper[3:], known))
+        warnings.append(
+            f"{variable} is not a setting of this server and is ignored"
+            f"{f' (did you mean {meant}?)' if meant else ''}; "
+            "`python -m api serve --help` lists the settings"
+        )
+    for root in settings.roots if settings.allowed_roots is not None else []:
+        if not root.is_dir():
+            warnings.append(
+                f"DD_ALLOWED_ROOTS: {root} is not a folder on this machine (a typo, or a share "
+                "not mounted?): paths under it can't be read"
+            )
+    return warnings
+
+
+def settings_help() -> str:
+    """Every DD_ variable with its default and meaning, from the Settings fields."""
+    lines = ["settings (environment variables; lists and objects are JSON):"]
+    for name, info in Settings.model_fields.items():
+        if info.default_factory is not None:
+            default = info.default_factory()
+        else:
+            default = info.default
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, bool | list | dict):
+            shown = json.dumps(default)
+        else:
+            shown = str(default)
+        lines += textwrap.wrap(
+            f"{info.description} [default: {shown}]",
+            width=100,
+            initial_indent=f"  {'DD_' + name.upper():<24}",
+            subsequent_indent=" " * 26,
+        )
+    return "\n".join(lines)

@@ -25,7 +25,8 @@ from api.common.media import (
     decode_image_bytes,
     open_image,
 )
-from api.common.models import ModelCache, Weights, find_weights
+from api.common.models import ModelCache, Weights, find_weights, missing_weights_message
+from api.common.names import did_you_mean
 from api.common.schemas import MAX_NAME_CHARS, find_invalid_text
 from api.common.services import Services
 from api.common.settings import Speed
@@ -33,6 +34,8 @@ from api.images.registry import (
     CONTROLNET_MODES,
     CONTROLNETS,
     IMAGE_MODELS,
+    IP_ADAPTER_IMAGE_ENCODER,
+    IP_ADAPTER_WEIGHTS,
     IP_ADAPTERS,
     SIZE_MULTIPLE,
     TINY_SIZE,
@@ -57,12 +60,18 @@ from api.images.schemas import (
 # apply" to it (a field in none of them is simply unknown).
 IMAGE_FIELDS = frozenset(name for kind in REQUEST_TYPES.values() for name in kind.model_fields)
 
+# The depth model (models/depth.py), which also makes depth ControlNets' control images
+# (preprocess: true).
+DEPTH_MODEL = "depth-anything"
+
 
 def find_model(name: str) -> ImageModel:
     model = IMAGE_MODELS.get(name)
     if model is None:
         raise InvalidField(
-            f"unknown image model {name!r}; choose one of {', '.join(IMAGE_MODELS)}", "model"
+            f"unknown image model {name!r}{did_you_mean(name, IMAGE_MODELS, quote=True)}; "
+            f"choose one of {', '.join(IMAGE_MODELS)}",
+            "model",
         )
     return model
 
@@ -100,13 +109,20 @@ def parse_request(body: Any) -> AnyImageRequest:
     request_type = REQUEST_TYPES[model.task]
     takes = ", ".join(request_type.model_fields)
     kind = model.task or ", ".join(sorted(model.modes))
-    not_applicable = [
+    wrong = [
         (field, f"does not apply to {model.name} ({kind}); its fields: {takes}", body[field])
+        if field in IMAGE_FIELDS
+        else (
+            field,
+            "Extra inputs are not permitted"
+            + (did_you_mean(field, request_type.model_fields) or f" (its fields: {takes})"),
+            body[field],
+        )
         for field in body
-        if field in IMAGE_FIELDS and field not in request_type.model_fields
+        if field not in request_type.model_fields
     ]
-    if not_applicable:
-        raise _invalid(request_type, not_applicable)
+    if wrong:
+        raise _invalid(request_type, wrong)
     return request_type.model_validate(body)
 
 
@@ -180,12 +196,7 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
     if mode not in model.modes:
         can = ", ".join(sorted(model.modes))
         raise InvalidField(f"model {model.name} can't do {mode} (it does {can})", "model")
-    if model.api_key_env and not os.environ.get(model.api_key_env):
-        raise InvalidField(
-            f"model {model.name} runs at its provider and this server has no "
-            f"{model.api_key_env}; set it in the server's environment and restart the server",
-            "model",
-        )
+    check_model_available(model, services)
     defaults = {}
     if generative or isinstance(request, UpscaleRequest):
         defaults = sampling_defaults(model, request)
@@ -227,6 +238,7 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
             )
     if generative:
         checked |= check_generative_inputs(model, mode, request, inputs)
+        check_adapter_weights(model, request, services)
         weights = None
         if not model.external:
             weights = find_weights(
@@ -278,6 +290,78 @@ def check_generative_inputs(
         "controlnets": check_controlnets(model, mode, request.controlnets, inputs),
         "ip_adapters": check_ip_adapters(model, request.ip_adapters, inputs),
     }
+
+
+def unavailable_reason(model: ImageModel, services: Services) -> str | None:
+    """Why this server can't run ``model`` now (no provider key; weights absent while
+    downloads are off), or None when it can."""
+    if model.api_key_env and not os.environ.get(model.api_key_env):
+        return (
+            f"model {model.name} runs at its provider and this server has no "
+            f"{model.api_key_env}; set it in the server's environment and restart the server"
+        )
+    if model.external:
+        return None
+    for name, repo in ((model.name, model.repo), *model.extra_weights):
+        if _weights(services, name, repo) is None:
+            return _missing(services, name, repo)
+    return None
+
+
+def check_model_available(model: ImageModel, services: Services) -> None:
+    """Refuse at submit a model that could only fail when its job runs."""
+    reason = unavailable_reason(model, services)
+    if reason is not None:
+        raise InvalidField(reason, "model")
+
+
+def check_adapter_weights(model: ImageModel, request: ImageRequest, services: Services) -> None:
+    """The weights a request's ControlNets and IP-Adapters need (and depth-anything, for a
+    depth ControlNet made on the server), refused at submit when absent and not downloadable.
+    Runs after their kinds were checked against the model's family."""
+    for index, controlnet in enumerate(request.controlnets):
+        name, repo = CONTROLNETS[model.family, controlnet.model]
+        if _weights(services, name, repo) is None:
+            field = f"controlnets.{index}.model"
+            raise InvalidField(f"{field}: {_missing(services, name, repo)}", field)
+        if controlnet.preprocess and controlnet.model == ControlNetKind.depth:
+            depth = IMAGE_MODELS[DEPTH_MODEL]
+            if _weights(services, depth.name, depth.repo) is None:
+                field = f"controlnets.{index}.preprocess"
+                raise InvalidField(
+                    f"{field}: making a depth control image needs {depth.name}: "
+                    f"{_missing(services, depth.name, depth.repo)}",
+                    field,
+                )
+    if not request.ip_adapters or model.external:
+        return
+    name, repo = IP_ADAPTER_WEIGHTS
+    found = _weights(services, name, repo, (f"{IP_ADAPTER_IMAGE_ENCODER}/config.json",))
+    if found is None:
+        raise InvalidField(f"ip_adapters: {_missing(services, name, repo)}", "ip_adapters")
+    if found.source == "download":
+        return
+    for index, adapter in enumerate(request.ip_adapters):
+        file = Path(found.location, *IP_ADAPTERS[model.family, adapter.model])
+        if not file.is_file():
+            field = f"ip_adapters.{index}.model"
+            raise InvalidField(
+                f"{field}: IP-Adapter weights {file} are missing: put the {repo} files there "
+                f"(`hf download {repo} --local-dir {found.location}` on a machine with network)",
+                field,
+            )
+
+
+def _weights(
+    services: Services, name: str, repo: str, files: tuple[str, ...] | None = None
+) -> Weights | None:
+    return find_weights(name, repo, services.models_dir, services.settings.allow_downloads, files)
+
+
+def _missing(services: Services, name: str, repo: str) -> str:
+    return missing_weights_message(
+        name, repo, services.models_dir, services.settings.allow_downloads
+    )
 
 
 def check_controlnets(

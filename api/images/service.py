@@ -29,6 +29,7 @@ from api.images.context import (
     output_suffixes,
     parse_request,
     stored_request,
+    unavailable_reason,
     validate_request,
 )
 from api.images.registry import (
@@ -63,7 +64,8 @@ FAMILY_MODULES |= {"upscaler": "upscaler", "depth": "depth", "segmentation": "se
 
 
 def describe_models(services: Services) -> list[dict[str, Any]]:
-    """The image models for GET /api/models: capabilities, defaults, weights, state."""
+    """The image models for GET /api/models: capabilities, defaults, weights, state, and
+    whether this server can run each now (``available``; else ``reason`` says why)."""
     loaded = services.loaded_models()
     described = []
     for model in IMAGE_MODELS.values():
@@ -95,6 +97,8 @@ def describe_models(services: Services) -> list[dict[str, Any]]:
                 "loaded_on": loaded.get(model.name, []),
             }
         )
+        reason = unavailable_reason(model, services)
+        described[-1] |= {"available": reason is None, "reason": reason}
         if model.extra_weights:  # e.g. segment-anything's Grounding DINO
             described[-1]["weights"]["extra"] = [
                 _describe_extra_weights(services, name, repo) for name, repo in model.extra_weights

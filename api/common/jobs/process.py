@@ -30,6 +30,7 @@ from api.common.jobs.runner import (
     execute_job,
 )
 from api.common.jobs.schemas import Job, JobStatus
+from api.common.logs import quiet_model_libraries
 from api.common.media import limit_input_pixels
 from api.common.services import Services
 from api.common.settings import Settings
@@ -81,6 +82,7 @@ def device_process(
         format=f"%(asctime)s %(levelname)s %(name)s [{device}]: %(message)s",
     )
     limit_input_pixels(settings.max_input_pixels)
+    quiet_model_libraries(debug=settings.log_level == "debug")
     services = Services.from_settings(settings)
     handlers, warm_up = functions(services)
     use_device(device)

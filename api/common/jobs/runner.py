@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,20 @@ def execute_job(handlers: dict[str, JobHandler], job: Job, context: JobContext) 
         return JobStatus.failed, None, describe_failure(exc)
 
 
+def _details(result: dict[str, Any] | None, error: dict[str, str] | None) -> str:
+    """The end of a job's log line: its error, or the timings its result reports."""
+    if error:
+        return f": {error['type']}: {error['message']}"
+    timings = (result or {}).get("timings")
+    if isinstance(timings, dict) and timings:
+        shown = [
+            f"{name} {value:.2f}" if isinstance(value, int | float) else f"{name} {value}"
+            for name, value in timings.items()
+        ]
+        return f" ({', '.join(shown)})"
+    return ""
+
+
 class Runner(threading.Thread):
     """Takes the oldest queued job, runs its kind's handler on ``device``, records the end."""
 
@@ -156,19 +171,23 @@ class Runner(threading.Thread):
     def run_job(self, job: Job) -> None:
         self.publish(job.id)
         context = StoreJobContext(job.id, self.device, self.store, self.publish)
-        log.info("job %s (%s %s) started on %s", job.id, job.kind, job.model, self.device)
+        what = f"{job.kind} {job.model} on {self.device}"
+        queued_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+        log.info("job %s started: %s after %.2f s in the queue", job.id, what, queued_s)
         self.current = job.id
+        started = time.perf_counter()
         try:
             status, result, error = self.execute(job, context)
         finally:
             self.current = None
+        took = f"in {time.perf_counter() - started:.2f} s"
         if status != JobStatus.succeeded:
             free_memory()  # after the traceback (and the tensors its frames hold) is gone
         if status == JobStatus.cancelled and self.store.requeue_if_interrupted(job.id):
-            log.info("job %s stopped for the shutdown: queued again", job.id)
+            log.info("job %s stopped for the shutdown %s: %s queued again", job.id, took, what)
         else:
             self.store.finish(job.id, status, result=result, error=error)
-            log.info("job %s %s%s", job.id, status, f": {error['message']}" if error else "")
+            log.info("job %s %s: %s %s%s", job.id, status, what, took, _details(result, error))
         self.publish(job.id)
 
     def execute(self, job: Job, context: StoreJobContext) -> Outcome:

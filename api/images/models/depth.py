@@ -18,10 +18,8 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
 from api.common.models import Weights, folder_size
-from api.images.context import ImageContext, Picture, Runtime
+from api.images.context import DEPTH_MODEL, ImageContext, Picture, Runtime
 from api.images.registry import IMAGE_MODELS
-
-MODEL_NAME = "depth-anything"
 
 
 @dataclass
@@ -51,7 +49,7 @@ def load_depth_model(weights: Weights, device: str) -> DepthModel:
 
 
 def _model(runtime: Runtime) -> DepthModel:
-    model = IMAGE_MODELS[MODEL_NAME]
+    model = IMAGE_MODELS[DEPTH_MODEL]
     weights = runtime.weights(model.name, model.repo)
     return runtime.cache.get(
         (model.name,),

@@ -117,16 +117,24 @@ def test_health_and_models(client: TestClient):
     assert models["sd1.5"]["loaded_on"] == ["cpu"]
 
 
-def test_missing_weights_fail_the_job_with_instructions(make_client, tmp_path: Path):
-    empty = tmp_path / "no-models"
-    empty.mkdir()
-    client = make_client(models_dir=empty)
-    models = {m["name"]: m for m in client.get("/api/models").json()}
-    assert models["sdxl"]["weights"]["present"] is False
-    job = client.post("/api/images?wait=60", json=QUICK | {"model": "sdxl"}).json()
+def test_weights_removed_after_submit_fail_the_job(make_settings, tiny_models, tmp_path: Path):
+    """The submit-time check passed, then the weights went: the job fails, saying how to
+    provide them (the fallback behind the 422 at submit)."""
+    from api.main import create_app
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "sdxl").symlink_to(tiny_models / "sdxl")
+    client = TestClient(create_app(make_settings(models_dir=models), devices=["cpu"]))
+    queued = client.post("/api/images", json=QUICK | {"model": "sdxl"})  # no runner yet
+    assert queued.status_code == 202, queued.text
+    (models / "sdxl").unlink()
+    with client:  # the runners start
+        job = client.get(f"/api/jobs/{queued.json()['id']}?wait=60").json()
     assert job["status"] == "failed"
     assert job["error"]["type"] == "model_unavailable"
-    assert str(empty / "sdxl") in job["error"]["message"]
+    assert str(models / "sdxl") in job["error"]["message"]
+    assert "hf download stabilityai/stable-diffusion-xl-base-1.0" in job["error"]["message"]
     assert files_under(tmp_path / "data" / "outputs") == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,16 +35,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+        """``port``: given as ``serve --port`` (else DD_PORT is the port)."""
         self.env = env
         self.log = log
-        self.url = f"http://127.0.0.1:{env['DD_PORT']}"
+        self.flags = ["--port", str(port)] if port else []
+        self.url = f"http://127.0.0.1:{port or env['DD_PORT']}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "api", "serve"],
+            [sys.executable, "-m", "api", "serve", *self.flags],
             env=self.env,
             cwd=REPO,
             stdout=handle,
@@ -75,18 +78,22 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path: Path, tiny_models: Path, workspace: Path) -> Iterator[Server]:
+    """A server on the tiny models, its port given as ``--port`` (DD_PORT names another);
+    with a typo among its variables, an allowed root that isn't there, and a path map."""
     env = os.environ | {
         "DD_PORT": str(free_port()),
         "DD_DATA_DIR": str(tmp_path / "data"),
         "DD_MODELS_DIR": str(tiny_models),
-        "DD_ALLOWED_ROOTS": f'["{workspace}", "{tmp_path / "data"}"]',
+        "DD_MODEL_DIR": str(tiny_models),
+        "DD_ALLOWED_ROOTS": f'["{workspace}", "{tmp_path / "data"}", "{tmp_path / "absent"}"]',
+        "DD_PATH_MAP": f'{{"P:/elsewhere": "{tmp_path / "elsewhere"}"}}',
         "DD_DEVICE": "cpu",
         "DD_ALLOW_DOWNLOADS": "false",
         "HF_HUB_OFFLINE": "1",
     }
-    for name in ("DD_API_KEYS", "DD_PATH_MAP", "DD_HOST"):
+    for name in ("DD_API_KEYS", "DD_HOST", "DD_LOG_LEVEL", "PYTHONWARNINGS", "TQDM_DISABLE"):
         env.pop(name, None)
-    server = Server(env, tmp_path / "server.log")
+    server = Server(env, tmp_path / "server.log", port=free_port())
     server.start()
     yield server
     server.stop()
@@ -125,7 +132,7 @@ def test_sigkill_mid_queue_loses_nothing(server: Server, workspace: Path):
     }
 
 
-def test_served_over_real_http(server: Server):
+def test_served_over_real_http(server: Server, tmp_path: Path, tiny_models: Path):
     http = httpx.Client(base_url=server.url, timeout=60)
     job = http.post("/api/images?wait=60", json=QUICK).json()
     assert job["status"] == "succeeded"
@@ -135,6 +142,38 @@ def test_served_over_real_http(server: Server):
     with http.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
         lines = [line for line in stream.iter_lines() if line]
     assert lines[-2] == "event: result"
+    server.stop()
+    assert_log_says_what_it_served(server, job, tmp_path, tiny_models)
+
+
+def assert_log_says_what_it_served(server: Server, job: dict, tmp_path: Path, tiny: Path) -> None:
+    """The log says what is served (once, before listening), one line per job start and end
+    with timings, and carries no progress bar or library warning."""
+    log = server.log.read_text()
+    before_listening = log[: log.index("Uvicorn running on")]
+    roots = ", ".join(str(tmp_path / name) for name in ("show", "data", "absent"))
+    for line in [
+        "WARNING api: DD_MODEL_DIR is not a setting of this server and is ignored "
+        "(did you mean DD_MODELS_DIR?)",
+        f"WARNING api: DD_ALLOWED_ROOTS: {tmp_path / 'absent'} is not a folder",
+        "INFO api: deferred-diffusion ",
+        "INFO api: devices: cpu\n",
+        f"INFO api: data dir: {tmp_path / 'data'}\n",
+        f"INFO api: models dir: {tiny}\n",
+        f"INFO api: allowed roots: {roots}\n",
+        f"INFO api: path map: P:/elsewhere -> {tmp_path / 'elsewhere'}\n",
+        "INFO api: auth: off (no DD_API_KEYS)\n",
+        "INFO api: downloads: off (DD_ALLOW_DOWNLOADS=false)\n",
+        "WARNING api: serving TINY RANDOM WEIGHTS for sd1.5, sdxl,",
+        f"INFO api: API docs: {server.url}/docs\n",
+    ]:
+        assert before_listening.count(line) == 1, (line, log)
+    started = f"INFO api.jobs: job {job['id']} started: images sd1.5 on cpu after "
+    ended = rf"INFO api\.jobs: job {job['id']} succeeded: images sd1\.5 on cpu in [\d.]+ s "
+    assert log.count(started) == 1, log
+    assert re.search(ended + r"\(load_s [\d.]+, inference_s [\d.]+, write_s [\d.]+\)\n", log), log
+    for noise in ("it/s", "%|", "\r", "Warning", "warnings.warn", "Traceback"):
+        assert noise not in log, (noise, log)
 
 
 def test_a_second_server_on_the_same_data_dir_exits_and_the_first_keeps_its_jobs(

@@ -164,7 +164,7 @@ def test_a_failed_call_unloads_the_adapters(tiny_models: Path):
         adapter_masks=[None],
     )
     weights = Weights("models_dir", str(tiny_models / "IP-Adapter"), tiny=True)
-    with pytest.raises(RuntimeError, match="boom"), ip_adapters_loaded(pipe, ctx, weights):
+    with pytest.raises(RuntimeError, match="boom"), ip_adapters_loaded(pipe, ctx, weights, "cpu"):
         assert pipe.unet.encoder_hid_proj is not None
         raise RuntimeError("boom")
     assert {name: type(p) for name, p in pipe.unet.attn_processors.items()} == before
@@ -211,9 +211,10 @@ def test_layer_presets_are_instantstyles(unet, layers: str, expected):
     assert adapter_scale(unet, ip) == expected
 
 
-def test_missing_adapter_weights_fail_the_job(
+def test_missing_adapter_file_is_refused_at_submit(
     make_client, tiny_models: Path, workspace: Path, tmp_path: Path
 ):
+    """The h94 folder is there (its image encoder) but not this adapter's weight file."""
     models = tmp_path / "models"
     (models / "IP-Adapter" / "models").mkdir(parents=True)
     os.symlink(tiny_models / "sd1.5", models / "sd1.5")
@@ -222,13 +223,11 @@ def test_missing_adapter_weights_fail_the_job(
         models / "IP-Adapter" / "models" / "image_encoder",
     )
     client = make_client(models_dir=models)
-    response = client.post(
-        "/api/images?wait=60", json=body_for(workspace, "sd1.5", ip_adapters=[adapter(workspace)])
+    body = body_for(workspace, "sd1.5", ip_adapters=[adapter(workspace)])
+    error = assert_rejected(
+        client, tmp_path, body, 422, "ip_adapters.0.model", "ip-adapter_sd15.safetensors"
     )
-    job = response.json()
-    assert job["status"] == "failed"
-    assert job["error"]["type"] == "model_unavailable"
-    assert "ip-adapter_sd15.safetensors" in job["error"]["message"]
+    assert f"--local-dir {models / 'IP-Adapter'}" in error["message"]
 
 
 def test_kinds_and_presets_are_the_registry_ones():

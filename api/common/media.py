@@ -18,6 +18,17 @@ from api.common.png import COLOUR_TYPES, encode_png
 
 IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_KEY = "deferred-diffusion"
+# What an output is served as (not guessed from the system's tables: .exr varies).
+MEDIA_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".exr": "image/x-exr",
+    ".mp4": "video/mp4",
+}
 
 
 def limit_input_pixels(max_pixels: int) -> None:

@@ -25,7 +25,7 @@ from api.common.errors import (
     error_responses,
 )
 from api.common.files import WriteFolder, open_regular_file, served_path
-from api.common.media import check_image_file, image_suffix
+from api.common.media import MEDIA_TYPES, check_image_file, image_suffix
 from api.common.services import Services
 from api.common.signing import FILES_PREFIX
 
@@ -173,7 +173,12 @@ class ServedFile(FileResponse):
     check is never followed); the descriptor is closed when the response is done."""
 
     def __init__(self, fd: int, path: Path, filename: str) -> None:
-        super().__init__(served_path(fd, path), filename=filename, stat_result=os.fstat(fd))
+        super().__init__(
+            served_path(fd, path),
+            filename=filename,
+            stat_result=os.fstat(fd),
+            media_type=MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+        )
         self.fd = fd
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import uuid
@@ -42,6 +43,7 @@ from api.images.registry import (
     UPSCALE_FACTOR,
     UPSCALE_MAX_SIDE,
     UPSCALE_NOISE_LEVEL,
+    VAE_SCALE,
     WITHOUT_ADAPTERS,
     ControlNetKind,
     ImageModel,
@@ -245,6 +247,7 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
                 model.name, model.repo, services.models_dir, services.settings.allow_downloads
             )
         width, height = default_size(model, weights)
+        check_max_side(model, weights, request)
         defaults |= {
             "max_width": request.max_width or width,
             "max_height": request.max_height or height,
@@ -271,6 +274,35 @@ def default_size(model: ImageModel, weights: Weights | None) -> tuple[int, int]:
     if model.task is None and weights is not None and weights.tiny:
         return TINY_SIZE, TINY_SIZE
     return model.width, model.height
+
+
+def largest_side(weights: Weights | None) -> int | None:
+    """The widest output a denoiser's weights can make, where their config says: SD3's
+    transformer learned position embeddings for ``pos_embed_max_size`` patches a side
+    (192 for SD3 medium: 3072 px; 384 for SD3.5). None when unbounded or unknown."""
+    if weights is None or weights.source == "download":
+        return None
+    config = Path(weights.location, "transformer", "config.json")
+    if not config.is_file():
+        return None
+    values = json.loads(config.read_text())
+    patches = values.get("pos_embed_max_size")
+    if not patches:
+        return None
+    return int(patches) * int(values.get("patch_size", 2)) * VAE_SCALE
+
+
+def check_max_side(model: ImageModel, weights: Weights | None, request: ImageRequest) -> None:
+    """max_width / max_height within what the model's weights can make, or a 422 on it."""
+    largest = largest_side(weights)
+    for name in ("max_width", "max_height"):
+        value = getattr(request, name)
+        if largest is not None and value is not None and value > largest:
+            raise InvalidField(
+                f"{name} {value} is more than {model.name} can make: at most {largest} px a "
+                "side (its transformer's position embeddings); ask for less",
+                name,
+            )
 
 
 def check_generative_inputs(

@@ -24,6 +24,7 @@ DIFFUSION_FAMILIES = ("sd1.5", "sdxl", "sd3", "flux")
 
 # Output sizes are rounded down to this: 8x VAE downsampling, then 2x2 patches (SD3, FLUX).
 SIZE_MULTIPLE = 16
+VAE_SCALE = 8  # pixels per latent pixel, every family
 MAX_SIDE = 4096
 # The default output size of a generative model whose weights are tiny (python -m api
 # tiny-models): their UNets and transformers are built for 8x8 latents, i.e. 64 px.

@@ -111,6 +111,9 @@ def test_exr_by_default_goes_to_the_data_dir_as_exr(client: TestClient, workspac
     assert path.suffix == ".exr" and path.is_relative_to(tmp_path / "data" / "outputs")
     assert image["take_path"] is None
     assert OpenEXR.File(str(path)).channels()["Y"].pixels.shape == (32, 32)
+    served = client.get(image["url"])
+    assert served.headers["content-type"] == "image/x-exr"
+    assert served.content == path.read_bytes()
 
 
 def test_estimate_depth_for_controlnets(tiny_models: Path, workspace: Path, direct_depth):

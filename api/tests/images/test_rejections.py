@@ -221,3 +221,15 @@ def test_oversized_bodies_are_refused(client: TestClient, workspace: Path, tmp_p
     upload = client.post("/api/files", files={"file": ("p.png", data, "image/png")})
     assert upload.status_code == 413 and upload.json()["error"]["field"] == "file"
     assert_nothing_happened(client, tmp_path, before)
+
+
+def test_wider_than_the_weights_can_make(client: TestClient, tmp_path: Path, tiny_models: Path):
+    """SD3's transformer has position embeddings for so many patches a side: asking for more
+    is a 422 at submit (the fuzzer found it failing at run time), read from its config."""
+    import json
+
+    config = json.loads((tiny_models / "sd3" / "transformer" / "config.json").read_text())
+    largest = config["pos_embed_max_size"] * config["patch_size"] * 8
+    body = OK | {"model": "sd3", "max_width": largest + 16}
+    assert_rejected(client, tmp_path, body, 422, "max_width", f"at most {largest} px a side")
+    assert client.post("/api/images?wait=60", json=OK | {"model": "sd3"}).status_code == 200

@@ -20,7 +20,9 @@ def serve(args: argparse.Namespace) -> int:
 
     flags = {name: value for name in ("host", "port") if (value := getattr(args, name)) is not None}
     try:
-        settings = load_settings(**flags)
+        from api.domains import Settings
+
+        settings = load_settings(Settings, **flags)
         lock_data_dir(settings.resolved_data_dir)  # held until the process ends
         logging.basicConfig(
             level=settings.log_level.upper(),
@@ -43,10 +45,10 @@ def serve(args: argparse.Namespace) -> int:
 
 def tiny_models(args: argparse.Namespace) -> int:
     from api.common.names import did_you_mean
-    from api.images.models.tiny import build_tiny_image_models
-    from api.images.models.tiny import tiny_models as known
+    from api.domains import DOMAINS
 
-    names = list(known())
+    builders = {name: domain for domain in DOMAINS for name in domain.tiny_model_names}
+    names = list(builders)
     for name in args.only or []:
         if name not in names:
             print(
@@ -55,7 +57,13 @@ def tiny_models(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    written = build_tiny_image_models(Path(args.dir), args.only or None)
+    written = []
+    for domain in DOMAINS:
+        if domain.build_tiny_models is None:
+            continue
+        wanted = [name for name in args.only if builders[name] is domain] if args.only else None
+        if wanted != []:
+            written += domain.build_tiny_models(Path(args.dir), wanted)
     for name in written:
         print(Path(args.dir) / name)
     return 0
@@ -64,7 +72,7 @@ def tiny_models(args: argparse.Namespace) -> int:
 def openapi(_: argparse.Namespace) -> int:
     import tempfile
 
-    from api.common.settings import Settings
+    from api.domains import Settings
     from api.main import create_app
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -78,6 +86,7 @@ def openapi(_: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from api.common.settings import settings_help
+    from api.domains import Settings
 
     parser = argparse.ArgumentParser(prog="python -m api", description="deferred-diffusion server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         help="start the server (settings from DD_* variables)",
         description="Start the server. Its settings come from the environment variables below; "
         "--host and --port override DD_HOST and DD_PORT.",
-        epilog=settings_help(),
+        epilog=settings_help(Settings),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve_parser.add_argument("--host", help="address to listen on (overrides DD_HOST)")

@@ -1,190 +1,92 @@
-"""create_app(): the FastAPI application, its routers and the services behind them."""
+"""create_app(): the FastAPI application, built from the registered domains (api.domains)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import Depends, FastAPI
 
 from api import __version__
 from api.common import router as common
 from api.common.datadir import lock_data_dir, unlock_data_dir
 from api.common.devices import compute_devices
-from api.common.errors import ApiError, ErrorResponse, error_responses
-from api.common.jobs import router as jobs
+from api.common.domain import Domain
+from api.common.errors import error_responses
+from api.common.http import BodyLimit, body_limit, install_docs, install_error_handlers
 from api.common.jobs.engine import JobEngine
 from api.common.jobs.process import DeviceProcesses
-from api.common.jobs.runner import JobHandler
+from api.common.jobs.router import jobs_router
+from api.common.jobs.runner import JobContext, JobHandler
+from api.common.jobs.schemas import Job
 from api.common.jobs.store import JobStore
 from api.common.media import limit_input_pixels
-from api.common.names import unknown_field_hint
 from api.common.services import Services
-from api.common.settings import Settings, load_settings
+from api.common.settings import ServerSettings, load_settings
 from api.common.signing import LinkSigner, load_secret
-from api.images import router as images
-from api.images import service as image_service
 
 log = logging.getLogger("api")
 
-# Request bodies: an upload may hold its limit plus room for the multipart framing; every
-# other route takes JSON, bounded well below that (a data: URL holds at most 64 MiB).
-MAX_JSON_BYTES = 128 * 2**20
-UPLOAD_ROUTE = ("POST", "/api/files")
 
-# Swagger UI's and ReDoc's scripts, served from the fastapi-offline package: no CDN.
-DOCS_ASSETS = "/docs/static"
+def _run(domain: Domain, services: Services, job: Job, context: JobContext) -> dict[str, Any]:
+    return domain.run_job(services, job, context).model_dump(mode="json")
 
 
-def error_response(status: int, type_: str, message: str, field: str | None) -> JSONResponse:
-    return JSONResponse(ErrorResponse.of(type_, message, field), status_code=status)
+def job_functions(
+    services: Services, domains: Sequence[Domain] | None = None
+) -> tuple[dict[str, JobHandler], Callable[[str], None] | None]:
+    """The job handler of each kind, and what a runner does for its device before its first
+    job (each domain's warm-up; None when none has anything to warm up). A device's worker
+    process (common.jobs.process) calls this too, with the registered domains."""
+    if domains is None:
+        from api.domains import DOMAINS
 
-
-def _field_of(location: tuple) -> str | None:
-    parts = [str(part) for part in location if part not in ("body", "query", "path", "header")]
-    return ".".join(parts) or None
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-        if first.get("type") == "json_invalid":
-            return error_response(400, "bad_request", f"malformed JSON: {first['msg']}", "body")
-        body_field = getattr(request.scope.get("route"), "body_field", None)
-        body = body_field.field_info.annotation if body_field is not None else None
-        messages = []
-        for err in errors:
-            field = _field_of(tuple(err["loc"])) or "body"
-            message = f"{field}: {err['msg']}"
-            if err.get("type") == "extra_forbidden" and body is not None:
-                message += unknown_field_hint(body, tuple(err["loc"]))
-            messages.append(message)
-        return error_response(
-            422, "invalid_field", "; ".join(messages), _field_of(tuple(first["loc"])) or "body"
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
-            exc.status_code, "http_error"
-        )
-        return error_response(exc.status_code, kind, str(exc.detail), None)
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}", None)
-
-
-def job_functions(services: Services) -> tuple[dict[str, JobHandler], Callable[[str], None] | None]:
-    """The job handler of each kind, and the warm-up a runner does for its device first."""
+        domains = DOMAINS
     handlers: dict[str, JobHandler] = {
-        "images": functools.partial(image_service.run_image_job, services)
+        domain.kind: functools.partial(_run, domain, services) for domain in domains
     }
-    warmup = services.settings.warmup
-    warm_up = functools.partial(image_service.warm_up, services, warmup) if warmup else None
+    warm_ups = [warm for domain in domains if domain.warm_up and (warm := domain.warm_up(services))]
+    if not warm_ups:
+        return handlers, None
+
+    def warm_up(device: str) -> None:
+        for warm in warm_ups:
+            warm(device)
+
     return handlers, warm_up
 
 
-def uses_device_processes(settings: Settings, devices: list[str]) -> bool:
+def uses_device_processes(settings: ServerSettings, devices: list[str]) -> bool:
     """Whether each device's jobs run in a worker process of its own: with several GPUs
     (threads on several GPUs can't share one process's torch.compile), or when asked."""
     gpus = sum(device.startswith("cuda") for device in devices)
     return settings.device_processes == "always" or gpus > 1
 
 
-def body_limit(method: str, path: str) -> tuple[int, str, str]:
-    """The most bytes a request's body may have, the field a refusal names, and why."""
-    if (method, path) == UPLOAD_ROUTE:
-        limit = common.MAX_UPLOAD_BYTES
-        return limit + 2**20, "file", f"an upload is at most {limit // 2**20} MiB"
-    return (
-        MAX_JSON_BYTES,
-        "body",
-        f"a request body is at most {MAX_JSON_BYTES // 2**20} MiB (send large inputs "
-        "through POST /api/files)",
-    )
+def create_app(
+    settings: ServerSettings | None = None,
+    devices: list[str] | None = None,
+    domains: Sequence[Domain] | None = None,
+) -> FastAPI:
+    """The server. ``devices`` overrides DD_DEVICE (tests use ["cpu"]); ``domains``, the
+    registered ones (api.domains)."""
+    from api.domains import DOMAINS, Settings
 
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Counts each request body as it arrives and answers 413 as soon as it passes the
-    route's limit (``limit_for``), Content-Length or not (a chunked body has none): the
-    rest is never read, and the connection is closed. A declared Content-Length over the
-    limit is refused before any of the body is read."""
-
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], tuple[int, str, str]]) -> None:
-        self.app = app
-        self.limit_for = limit_for
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit, field, why = self.limit_for(scope["method"], scope["path"])
-        refusal = error_response(413, "payload_too_large", f"too large: {why}", field)
-        refusal.headers["Connection"] = "close"  # the rest of the body is not read
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            await refusal(scope, receive, send)
-            return
-        received = 0
-        over = answered = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, over
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    over = True
-                    raise _BodyTooLarge
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal answered
-            if over and not answered:  # its answer to a cut body ("can't parse it"): ours instead
-                return
-            answered = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except _BodyTooLarge:
-            pass
-        if over and not answered:
-            await refusal(scope, receive, send)
-
-
-def create_app(settings: Settings | None = None, devices: list[str] | None = None) -> FastAPI:
-    """The server. ``devices`` overrides DD_DEVICE (tests use ["cpu"])."""
-    settings = settings or load_settings()
+    domains = tuple(DOMAINS if domains is None else domains)
+    settings = settings or load_settings(Settings)
+    for domain in domains:
+        if domain.check_settings is not None:
+            domain.check_settings(settings)
     limit_input_pixels(settings.max_input_pixels)
     services = Services.from_settings(settings)
-    image_service.check_warm_up(settings.warmup)
     links = LinkSigner(load_secret(services.data_dir), settings.url_expiry_seconds)
     store = JobStore(services.data_dir / "jobs.sqlite3")
     devices = devices or compute_devices(settings.device)
-    handlers, warm_up = job_functions(services)
+    handlers, warm_up = job_functions(services, domains)
     processes = (
         DeviceProcesses(settings, job_functions, services)
         if uses_device_processes(settings, devices)
@@ -207,11 +109,12 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
             store.close()
             unlock_data_dir(services.data_dir)
 
+    kinds = ", ".join(domain.kind for domain in domains)
     app = FastAPI(
         title="deferred-diffusion",
         version=__version__,
-        description="Generative AI jobs for VFX pipelines: images (more domains to come). "
-        "Every model call is a job: submit, then wait, poll or follow its events.",
+        description=f"Generative AI jobs for VFX pipelines: {kinds}. Every model call is a "
+        "job: submit, then wait, poll or follow its events.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
@@ -220,68 +123,23 @@ def create_app(settings: Settings | None = None, devices: list[str] | None = Non
     app.state.services = services
     app.state.links = links
     app.state.engine = engine
-    app.state.catalogs = [image_service.describe_models]
+    app.state.domains = {domain.kind: domain for domain in domains}
     install_error_handlers(app)
-
     app.add_middleware(BodyLimit, limit_for=body_limit)
 
-    guarded = {"dependencies": [Depends(common.require_api_key)], "responses": error_responses(401)}
+    guarded: dict[str, Any] = {
+        "dependencies": [Depends(common.require_api_key)],
+        "responses": error_responses(401),
+    }
     app.include_router(common.health_router)
     app.include_router(common.router, prefix="/api", **guarded)
-    app.include_router(jobs.router, prefix="/api", **guarded)
-    app.include_router(images.router, prefix="/api", **guarded)
+    app.include_router(
+        common.models_router([d.model_info for d in domains]), prefix="/api", **guarded
+    )
+    app.include_router(jobs_router([domain.job for domain in domains]), prefix="/api", **guarded)
+    for domain in domains:
+        app.include_router(domain.router, prefix="/api", **guarded)
+        for prefix, router in domain.extra_routers:
+            app.include_router(router, prefix=prefix, **guarded)
     install_docs(app)
     return app
-
-
-def install_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs and ReDoc at /redoc, working offline; the spec's error answers
-    are ours (FastAPI's default 422 schema is not what the handlers send)."""
-    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]), name="docs")
-
-    @app.get("/docs", include_in_schema=False)
-    def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - Swagger UI",
-            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
-            swagger_ui_parameters={"validatorUrl": None},
-        )
-
-    @app.get("/redoc", include_in_schema=False)
-    def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
-            with_google_fonts=False,
-        )
-
-    fastapi_openapi = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = without_default_validation_errors(fastapi_openapi())
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def without_default_validation_errors(spec: dict[str, Any]) -> dict[str, Any]:
-    """Drop the 422 FastAPI adds to every route with parameters (its own error schema):
-    routes that can answer 422 declare it with ``error_responses``, in our shape."""
-    for path in spec["paths"].values():
-        for operation in path.values():
-            response = operation.get("responses", {}).get("422", {})
-            schema = response.get("content", {}).get("application/json", {}).get("schema", {})
-            if schema.get("$ref", "").endswith("/HTTPValidationError"):
-                del operation["responses"]["422"]
-    schemas = spec.get("components", {}).get("schemas", {})
-    schemas.pop("HTTPValidationError", None)
-    schemas.pop("ValidationError", None)
-    return spec

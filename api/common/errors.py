@@ -1,7 +1,9 @@
-"""One small exception hierarchy, mapped to HTTP in one handler (see ``install_error_handlers``).
+"""One small exception hierarchy: ``ApiError`` for answers (mapped to HTTP in one handler,
+see api.common.http), ``JobFailure`` and ``JobCancelled`` for jobs.
 
 ``ErrorResponse`` is the body of every error answer; the handlers build it and the OpenAPI
-spec documents it (``error_responses``), so the two can't drift apart.
+spec documents it (``error_responses``), so the two can't drift apart. ``job_error`` is a
+failed job's ``error``, whatever its handler raised.
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-class ApiError(Exception):
+class DeferredDiffusionError(Exception):
+    """Every error this server raises on purpose."""
+
+
+class ApiError(DeferredDiffusionError):
     """An error the client gets back as ``{"error": {"type", "message", "field"}}``."""
 
     status = 500
@@ -113,7 +119,7 @@ class Unavailable(ApiError):
     type = "unavailable"
 
 
-class JobFailure(Exception):
+class JobFailure(DeferredDiffusionError):
     """A job that can't finish; ``type`` and the message go into the job's ``error``."""
 
     def __init__(self, message: str, type: str = "job_failed") -> None:
@@ -121,5 +127,21 @@ class JobFailure(Exception):
         self.type = type
 
 
-class JobCancelled(Exception):
+class JobCancelled(DeferredDiffusionError):
     """Raised inside a running job when its cancellation was requested."""
+
+
+def job_error(exc: BaseException) -> dict[str, str]:
+    """A failed job's ``error`` (``{type, message}``) for what its handler raised."""
+    if isinstance(exc, JobFailure):
+        return {"type": exc.type, "message": str(exc)}
+    if isinstance(exc, ApiError):  # an input that was fine at submit but is not any more
+        return {"type": "invalid_input", "message": exc.message}
+    name = type(exc).__name__
+    if name == "OutOfMemoryError":  # torch's, on any device
+        return {
+            "type": "out_of_memory",
+            "message": f"the device ran out of memory: {exc}. Try a smaller size or "
+            "optimize_low_vram=true.",
+        }
+    return {"type": "internal_error", "message": f"{name}: {exc}"}

@@ -5,20 +5,33 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from api.common.errors import JobFailure
+from typing import Any, TypeVar
 
 log = logging.getLogger("api.models")
 
-TINY_MARKER = "tiny.json"
+TINY_MARKER = "tiny.json"  # in a weights folder: tiny random weights (tests)
+T = TypeVar("T")
 _MAIN_FILES = ("model_index.json", "config.json")
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What a device's ModelCache keeps a loaded model under."""
+
+    model: str  # the model's (or component's) name: /api/models shows it loaded
+    part: str = ""  # which part of it, e.g. "image_encoder" (empty: the model itself)
+    offloaded: bool = False  # loaded for CPU offload (optimize_low_vram): idle parts on the CPU
+    variant: str = ""  # anything else that makes it another object, e.g. a dtype
+
+    def __str__(self) -> str:
+        name = "/".join(part for part in (self.model, self.part) if part)
+        details = [detail for detail in (self.variant, "offloaded" * self.offloaded) if detail]
+        return f"{name} ({', '.join(details)})" if details else name
 
 
 @dataclass(frozen=True)
@@ -45,19 +58,15 @@ def _hf_cache_folder(repo: str, files: tuple[str, ...]) -> Path | None:
     return None
 
 
-def downloads_possible(allow_downloads: bool) -> bool:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    return allow_downloads and not offline
-
-
 def find_weights(
     name: str,
     repo: str,
     models_dir: Path,
-    allow_downloads: bool,
+    downloads: bool,
     files: tuple[str, ...] | None = None,
 ) -> Weights | None:
-    """``DD_MODELS_DIR/<name>/``, then the Hugging Face cache, then a download (if allowed).
+    """``DD_MODELS_DIR/<name>/``, then the Hugging Face cache, then a download (if
+    ``downloads``: see ServerSettings.downloads).
 
     A folder counts when it has one of ``files`` (default: model_index.json or config.json;
     repos laid out otherwise, like h94/IP-Adapter, name a file of theirs).
@@ -69,31 +78,15 @@ def find_weights(
     cached = _hf_cache_folder(repo, files)
     if cached is not None:
         return Weights("hf_cache", str(cached))
-    if downloads_possible(allow_downloads):
+    if downloads:
         return Weights("download", repo)
     return None
 
 
-def require_weights(
-    name: str,
-    repo: str,
-    models_dir: Path,
-    allow_downloads: bool,
-    files: tuple[str, ...] | None = None,
-) -> Weights:
-    weights = find_weights(name, repo, models_dir, allow_downloads, files)
-    if weights is None:
-        raise JobFailure(
-            missing_weights_message(name, repo, models_dir, allow_downloads),
-            type="model_unavailable",
-        )
-    return weights
-
-
-def missing_weights_message(name: str, repo: str, models_dir: Path, allow_downloads: bool) -> str:
-    """Why weights ``find_weights`` did not find can't be had, and how to provide them."""
+def missing_weights_message(name: str, repo: str, models_dir: Path, why: str) -> str:
+    """Why weights ``find_weights`` did not find can't be had (``why`` downloads are off),
+    and how to provide them."""
     folder = models_dir / name
-    why = "DD_ALLOW_DOWNLOADS=false" if not allow_downloads else "HF_HUB_OFFLINE=1"
     return (
         f"weights for {name!r} ({repo}) are not on this machine (looked in {folder} and the "
         f"Hugging Face cache) and downloads are off ({why}). Get them with `hf download {repo} "
@@ -141,16 +134,16 @@ class ModelCache:
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def keys(self) -> list[Hashable]:
+    def keys(self) -> list[CacheKey]:
         with self._lock:
             return list(self._entries)
 
     def get(
-        self, key: Hashable, load: Callable[[], Any], needed_bytes: int = 0, device: str = "cpu"
-    ) -> Any:
+        self, key: CacheKey, load: Callable[[], T], needed_bytes: int = 0, device: str = "cpu"
+    ) -> T:
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
@@ -188,7 +181,10 @@ class ModelCache:
     def _evict_oldest(self) -> None:
         with self._lock:
             key, model = self._entries.popitem(last=False)
-        del model  # the last reference: free_memory can give its memory back
+        release = getattr(model, "release", None)
+        if callable(release):
+            release()
+        del model, release  # the last references: free_memory can give the memory back
         log.info("evicting %s", key)
         from api.common.devices import free_memory
 

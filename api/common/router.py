@@ -5,18 +5,20 @@ from __future__ import annotations
 import hmac
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Depends, Request, UploadFile
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from api import __version__
 from api.common.devices import describe
+from api.common.domain import Domain, ModelInfo
 from api.common.errors import (
     InvalidField,
     NotFound,
@@ -87,39 +89,81 @@ def require_api_key(
     )
 
 
-def all_models(request: Request) -> list[dict[str, Any]]:
+def domains_of(request: Request) -> dict[str, Domain]:
+    """The server's domains by kind (api.domains.DOMAINS, or a test's)."""
+    return request.app.state.domains
+
+
+def all_models(request: Request) -> list[ModelInfo]:
     services = request.app.state.services
     return [
         model
-        for describe_models in request.app.state.catalogs
-        for model in describe_models(services)
+        for domain in domains_of(request).values()
+        for model in domain.describe_models(services)
     ]
 
 
-@health_router.get("/health", operation_id="health", tags=["health"])
-def health(request: Request) -> dict[str, Any]:
+class DeviceInfo(BaseModel):
+    device: str = Field(examples=["cuda:0"])
+    name: str = Field(examples=["NVIDIA H100 80GB HBM3"])
+    memory_free_mb: int | None = None
+    memory_total_mb: int | None = None
+    memory_allocated_mb: int | None = None
+
+
+class QueueDepth(BaseModel):
+    queued: int
+    running: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    devices: list[DeviceInfo]
+    queue: QueueDepth
+    warming_up: list[str] = Field(description="Devices still loading their DD_WARMUP models.")
+    warning: str | None = Field(None, description="Set when tiny random weights are served.")
+
+
+@health_router.get(
+    "/health", operation_id="health", tags=["health"], response_model_exclude_none=True
+)
+def health(request: Request) -> Health:
     """Version, devices (GPU memory), queue depth, and a warning when tiny weights are served."""
     engine = request.app.state.engine
-    tiny = [m["name"] for m in all_models(request) if m["weights"]["tiny"]]
-    body: dict[str, Any] = {
-        "status": "ok",
-        "version": __version__,
-        "devices": [describe(device) for device in engine.devices],
-        "queue": engine.store.queue_depth(),
-        "warming_up": [runner.device for runner in engine.runners if runner.warming],
-    }
+    tiny = [model.name for model in all_models(request) if model.weights.tiny]
+    warning = None
     if tiny:
-        body["warning"] = (
+        warning = (
             "serving TINY RANDOM WEIGHTS for " + ", ".join(tiny) + ": outputs are noise, "
             "for tests only"
         )
-    return body
+    return Health(
+        status="ok",
+        version=__version__,
+        devices=[DeviceInfo(**describe(device)) for device in engine.devices],
+        queue=QueueDepth(**engine.store.queue_depth()),
+        warming_up=[runner.device for runner in engine.runners if runner.warming],
+        warning=warning,
+    )
 
 
-@router.get("/models", operation_id="models_list", tags=["models"])
-def list_models(request: Request) -> list[dict[str, Any]]:
-    """Every registered model: what it can do, where its weights come from, whether loaded."""
-    return all_models(request)
+def models_router(infos: Sequence[type[ModelInfo]]) -> APIRouter:
+    """GET /models, answering the registered domains' model descriptions."""
+    models = APIRouter()
+    any_info: Any = infos[0]
+    if len(infos) > 1:
+        any_info = Annotated[Union[tuple(infos)], Field(discriminator="domain")]  # noqa: UP007
+
+    @models.get(
+        "/models", operation_id="models_list", tags=["models"], response_model=list[any_info]
+    )
+    def list_models(request: Request) -> list[ModelInfo]:
+        """Every registered model: what it can do, where its weights come from, whether it can
+        run here, where it is loaded."""
+        return all_models(request)
+
+    return models
 
 
 class UploadedFile(BaseModel):
@@ -203,13 +247,15 @@ def get_file(request: Request, job_id: str, name: str) -> FileResponse:
     """An output of a job, by the ``url`` in its result."""
     job = request.app.state.engine.store.get(job_id)
     services = request.app.state.services
-    wanted = f"/api/files/{job_id}/{name}"
-    for output in (job.result or {}).get("images", []):
-        if output["url"] == wanted:
+    domain = domains_of(request).get(job.kind)
+    wanted = f"{FILES_PREFIX}{job_id}/{name}"
+    outputs = domain.output_files(job.result) if domain is not None and job.result else []
+    for output in outputs:
+        if output.url == wanted:
             # The take is this job's own copy; the main path may hold a later job's output.
-            path = Path(services.paths.to_server(output.get("take_path") or output["path"]))
+            path = Path(services.paths.to_server(output.take_path or output.path))
             # Only a regular file (not a link) inside the data dir or the allowed roots.
             fd = open_regular_file(path, [services.data_dir, *services.paths.roots])
             if fd is not None:
-                return ServedFile(fd, path, filename=Path(output["path"]).name)
+                return ServedFile(fd, path, filename=Path(output.path).name)
     raise NotFound(f"job {job_id} has no output file {name!r}", "name")

@@ -13,7 +13,7 @@ MAX_PROMPT_CHARS = 10_000
 MAX_NAME_CHARS = 200  # model names and other identifiers
 MAX_PATH_CHARS = 4096  # Linux's PATH_MAX
 # An input sent inline as a data: URL: 64 MiB of base64 (48 MiB of image). Bigger inputs go
-# through POST /api/files. The JSON body as a whole is bounded too (api.main.MAX_JSON_BYTES).
+# through POST /api/files. The JSON body as a whole is bounded too (api.common.http.MAX_JSON_BYTES).
 MAX_DATA_URL_CHARS = 64 * 2**20
 
 # A lone UTF-16 surrogate: JSON can spell one ("\ud800"), but it is no character, and UTF-8

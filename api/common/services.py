@@ -6,16 +6,17 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api.common.models import ModelCache
+from api.common.errors import JobFailure
+from api.common.models import ModelCache, Weights, find_weights, missing_weights_message
 from api.common.paths import PathPolicy
-from api.common.settings import Settings
+from api.common.settings import ServerSettings
 
 UPLOADS_FOLDER = "uploads"  # in the data dir
 
 
 @dataclass
 class Services:
-    settings: Settings
+    settings: ServerSettings
     paths: PathPolicy
     _caches: dict[str, ModelCache] = field(default_factory=dict)
     # Models resident in the worker processes of devices whose jobs run there: device → names.
@@ -23,7 +24,7 @@ class Services:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Services:
+    def from_settings(cls, settings: ServerSettings) -> Services:
         uploads = settings.resolved_data_dir / UPLOADS_FOLDER
         return cls(settings, PathPolicy(settings.roots, settings.path_map, uploads))
 
@@ -40,6 +41,26 @@ class Services:
     def models_dir(self) -> Path:
         return self.settings.resolved_models_dir
 
+    def find_weights(
+        self, name: str, repo: str, files: tuple[str, ...] | None = None
+    ) -> Weights | None:
+        """A model's weights: ``DD_MODELS_DIR/<name>/``, the Hugging Face cache, a download."""
+        return find_weights(name, repo, self.models_dir, self.settings.downloads, files)
+
+    def require_weights(
+        self, name: str, repo: str, files: tuple[str, ...] | None = None
+    ) -> Weights:
+        """``find_weights``, or the job fails saying how to provide them."""
+        weights = self.find_weights(name, repo, files)
+        if weights is None:
+            raise JobFailure(self.missing_weights(name, repo), type="model_unavailable")
+        return weights
+
+    def missing_weights(self, name: str, repo: str) -> str:
+        """Why absent weights can't be had here, and how to provide them."""
+        why = "HF_HUB_OFFLINE=1" if self.settings.allow_downloads else "DD_ALLOW_DOWNLOADS=false"
+        return missing_weights_message(name, repo, self.models_dir, why)
+
     def model_cache(self, device: str) -> ModelCache:
         """The resident models of one device (each runner has its own)."""
         with self._lock:
@@ -53,9 +74,8 @@ class Services:
         with self._lock:
             for device, cache in self._caches.items():
                 for key in cache.keys():
-                    loaded.setdefault(str(key[0] if isinstance(key, tuple) else key), []).append(
-                        device
-                    )
+                    if device not in loaded.setdefault(key.model, []):
+                        loaded[key.model].append(device)
             for device, names in self._elsewhere.items():
                 for name in names:
                     loaded.setdefault(name, []).append(device)

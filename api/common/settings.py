@@ -8,17 +8,28 @@ import os
 import re
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from api.common.names import close_names
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+# Every settings class (the server's and each domain's) reads DD_* the same way.
+SETTINGS_CONFIG = SettingsConfigDict(
+    env_prefix="DD_", extra="ignore", frozen=True, populate_by_name=True
+)
 
 
 def default_data_dir() -> Path:
@@ -27,24 +38,13 @@ def default_data_dir() -> Path:
     )
 
 
-@dataclass(frozen=True)
-class Speed:
-    """How the diffusion models run on CUDA (DD_COMPILE, DD_CHANNELS_LAST, DD_PRECISION).
+class ServerSettings(BaseSettings):
+    """What the whole server reads from its environment (prefix ``DD_``, and the providers'
+    own variables). Each domain adds its own settings (``Domain.settings``): the server's
+    ``Settings`` class (api.domains) is this one with every domain's mixed in, read and
+    validated at start-up as one object."""
 
-    compile: ``auto`` = ``regional`` where Triton is installed, else ``off``; ``regional``
-    compiles only the repeated transformer blocks (a first request of seconds, not minutes);
-    ``full`` compiles the whole denoiser and the VAE decoder (fastest once warm).
-    """
-
-    compile: str = "off"
-    channels_last: bool = False
-    precision: str = "auto"
-
-
-class Settings(BaseSettings):
-    """Everything the server reads from its environment (prefix ``DD_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="DD_", extra="ignore", frozen=True)
+    model_config = SETTINGS_CONFIG
 
     host: str = Field(
         "127.0.0.1",
@@ -111,26 +111,12 @@ class Settings(BaseSettings):
         description="input images with more pixels than this (read from their header) are "
         "refused before decoding",
     )
-    warmup: list[str] = Field(
-        [],
-        description="JSON list of diffusion models to load (and compile) on every device at "
-        "start-up, before the first job",
-        examples=[["sdxl"]],
-    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info",
         description="critical, error, warning, info or debug (debug also logs the model "
         "libraries' warnings)",
     )
-    # Speed (CUDA only; the CPU path always runs plain eager PyTorch).
-    compile: Literal["auto", "off", "regional", "full"] = Field(
-        "auto",
-        description="CUDA only: torch.compile of the diffusion models: auto (regional where "
-        "Triton is installed), regional, full or off",
-    )
-    channels_last: bool = Field(
-        True, description="CUDA only: channels-last memory layout for UNets and VAEs"
-    )
+    # How every domain's PyTorch models run (CUDA only; the CPU always computes in float32).
     precision: Literal["auto", "bf16", "fp16"] = Field(
         "auto", description="CUDA only: auto (bf16 where the GPU has it, else fp16), bf16, fp16"
     )
@@ -138,6 +124,22 @@ class Settings(BaseSettings):
         None,
         description="where compiled kernels are kept across restarts "
         "(unset: <data dir>/compile-cache)",
+    )
+    # The providers' keys, under their usual names (not DD_): read here, passed to the SDKs.
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
+        description="OpenAI key (gpt-image-1, the agent's default LLM)",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+        description="another endpoint speaking OpenAI's API (unset: OpenAI's own)",
+    )
+    hf_hub_offline: bool = Field(
+        False,
+        validation_alias=AliasChoices("HF_HUB_OFFLINE", "hf_hub_offline"),
+        description="Hugging Face's own switch: no downloads at all",
     )
 
     @field_validator("device")
@@ -171,7 +173,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _network(self) -> Settings:
+    def _network(self) -> ServerSettings:
         if not self.api_keys and not self.allow_no_auth and not is_loopback(self.host):
             raise ValueError(
                 f"listening on {self.host} (DD_HOST or serve --host) exposes the server beyond "
@@ -186,8 +188,9 @@ class Settings(BaseSettings):
         return (self.models_dir or self.data_dir / "models").expanduser().resolve()
 
     @property
-    def speed(self) -> Speed:
-        return Speed(self.compile, self.channels_last, self.precision)
+    def downloads(self) -> bool:
+        """Whether missing weights may be downloaded (DD_ALLOW_DOWNLOADS, HF_HUB_OFFLINE)."""
+        return self.allow_downloads and not self.hf_hub_offline
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -215,8 +218,12 @@ class SettingsError(Exception):
     """Settings that can't be used; the message says which and why."""
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read and validate settings, turning pydantic's report into one readable message.
+S = TypeVar("S", bound=ServerSettings)
+
+
+def load_settings(settings_type: type[S], **overrides: Any) -> S:
+    """Read and validate settings (``settings_type``: the server's, api.domains.Settings),
+    turning pydantic's report into one readable message.
 
     ``overrides`` (command-line flags, e.g. ``host``) take precedence over DD_* variables
     and are named as flags (``--host``) in the message.
@@ -226,13 +233,14 @@ def load_settings(**overrides: Any) -> Settings:
         return f"--{field.replace('_', '-')}" if field in overrides else f"DD_{field.upper()}"
 
     try:
-        settings = Settings(**overrides)
+        settings = settings_type(**overrides)
     except PydanticSettingsError as exc:  # a list/map variable that is not valid JSON
         match = re.search(r'field "(\w+)"', str(exc))
         field = match.group(1) if match else ""
         name = named(field) if field else "a DD_ variable"
         raise SettingsError(
-            f"invalid settings:\n  {name}: not valid JSON ({exc.__cause__ or exc}){_example(field)}"
+            f"invalid settings:\n  {name}: not valid JSON ({exc.__cause__ or exc})"
+            f"{_example(settings_type, field)}"
         ) from None
     except ValidationError as exc:
         lines = []
@@ -240,7 +248,7 @@ def load_settings(**overrides: Any) -> Settings:
             field, *inner = [str(part) for part in err["loc"]] or [""]
             name = named(field) + "".join(f"[{part}]" for part in inner) if field else "settings"
             message = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  {name}: {message}{_example(field)}")
+            lines.append(f"  {name}: {message}{_example(settings_type, field)}")
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
     try:
         settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
@@ -249,9 +257,9 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
-def _example(field: str) -> str:
+def _example(settings_type: type[BaseSettings], field: str) -> str:
     """``; e.g. DD_PATH_MAP='{...}'`` for a setting with a documented example (the JSON ones)."""
-    info = Settings.model_fields.get(field)
+    info = settings_type.model_fields.get(field)
     if info is None or not info.examples:
         return ""
     return f"; e.g. DD_{field.upper()}='{json.dumps(info.examples[0])}'"
@@ -261,11 +269,13 @@ def _example(field: str) -> str:
 OTHER_TOOLS_VARIABLES = frozenset({"DD_SERVER_ADDRESS", "DD_API_KEY", "DD_REAL_MODELS_DIR"})
 
 
-def start_up_warnings(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+def start_up_warnings(
+    settings: ServerSettings, environ: Mapping[str, str] | None = None
+) -> list[str]:
     """What looks wrong but need not stop the server: DD_ variables that are no setting (a
     typo?), allowed roots that don't exist (a share not mounted?)."""
     environ = os.environ if environ is None else environ
-    known = [name.upper() for name in Settings.model_fields]
+    known = [name.upper() for name in type(settings).model_fields]
     warnings = []
     for variable in sorted(environ):
         upper = variable.upper()
@@ -286,10 +296,20 @@ def start_up_warnings(settings: Settings, environ: Mapping[str, str] | None = No
     return warnings
 
 
-def settings_help() -> str:
-    """Every DD_ variable with its default and meaning, from the Settings fields."""
+def environment_name(name: str, info: FieldInfo) -> str:
+    """The variable a setting is read from: DD_<NAME>, or a provider's own (OPENAI_API_KEY)."""
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"DD_{name.upper()}"
+
+
+def settings_help(settings_type: type[BaseSettings]) -> str:
+    """Every variable with its default and meaning, from the settings' fields."""
     lines = ["settings (environment variables; lists and objects are JSON):"]
-    for name, info in Settings.model_fields.items():
+    fields = settings_type.model_fields.items()
+    server_first = sorted(fields, key=lambda item: item[0] not in ServerSettings.model_fields)
+    for name, info in server_first:
         if info.default_factory is not None:
             default = info.default_factory()
         else:
@@ -303,7 +323,7 @@ def settings_help() -> str:
         lines += textwrap.wrap(
             f"{info.description} [default: {shown}]",
             width=100,
-            initial_indent=f"  {'DD_' + name.upper():<24}",
+            initial_indent=f"  {environment_name(name, info):<24}",
             subsequent_indent=" " * 26,
         )
     return "\n".join(lines)

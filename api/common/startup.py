@@ -11,7 +11,6 @@ from fastapi import FastAPI
 
 from api import __version__
 from api.common.devices import describe
-from api.common.models import downloads_possible
 from api.common.settings import start_up_warnings
 
 log = logging.getLogger("api")
@@ -48,13 +47,14 @@ def log_start_up(app: FastAPI) -> None:
         auth = f"on ({len(settings.api_keys)} API key(s))"
     else:
         auth = "off (no DD_API_KEYS)"
-    if downloads_possible(settings.allow_downloads):
+    if settings.downloads:
         downloads = "on (missing weights come from Hugging Face)"
     elif not settings.allow_downloads:
         downloads = "off (DD_ALLOW_DOWNLOADS=false)"
     else:
         downloads = "off (HF_HUB_OFFLINE)"
-    models = [model for catalog in app.state.catalogs for model in catalog(services)]
+    domains = app.state.domains.values()
+    models = [model for domain in domains for model in domain.describe_models(services)]
     log.info("deferred-diffusion %s", __version__)
     log.info("devices: %s", ", ".join(devices))
     log.info("data dir: %s", services.data_dir)
@@ -63,10 +63,10 @@ def log_start_up(app: FastAPI) -> None:
     log.info("path map: %s", path_map or "none")
     log.info("auth: %s", auth)
     log.info("downloads: %s", downloads)
-    unavailable = [model["name"] for model in models if not model.get("available", True)]
+    unavailable = [model.name for model in models if not model.available]
     if unavailable:
         log.info("not available here: %s (GET /api/models says why)", ", ".join(unavailable))
-    tiny = [model["name"] for model in models if model["weights"]["tiny"]]
+    tiny = [model.name for model in models if model.weights.tiny]
     if tiny:
         log.warning(
             "serving TINY RANDOM WEIGHTS for %s: outputs are noise, for tests only",

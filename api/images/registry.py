@@ -273,3 +273,12 @@ MAX_IP_ADAPTERS = 4
 # Models of a ControlNet/IP-Adapter family whose UNet those don't fit: the SDXL refiner's
 # cross-attention sees text_encoder_2 alone (1280 wide, not 2048) and it has no text→image.
 WITHOUT_ADAPTERS = frozenset({"sdxl-refiner"})
+
+
+def weights_folders() -> tuple[str, ...]:
+    """Every folder in DD_MODELS_DIR the images domain reads (what tiny-models writes)."""
+    names = [model.name for model in IMAGE_MODELS.values() if not model.external]
+    names += [name for model in IMAGE_MODELS.values() for name, _ in model.extra_weights]
+    names += [name for name, _ in CONTROLNETS.values()]
+    names.append(IP_ADAPTER_WEIGHTS[0])
+    return tuple(dict.fromkeys(names))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import Field, PlainValidator
@@ -10,9 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.common.errors import error_responses
 from api.common.jobs.router import WaitSeconds, job_response
-from api.common.jobs.schemas import Job, JobKind
-from api.images.schemas import AnyImageRequest
-from api.images.service import parse_request, validate_request
+from api.images.schemas import AnyImageRequest, ImageJob
+from api.images.validation import parse_request, validate_request
 
 router = APIRouter(tags=["images"])
 
@@ -33,15 +32,15 @@ ImageBody = Annotated[
     "/images",
     operation_id="images_create",
     status_code=202,
-    response_model=Job,
+    response_model=ImageJob,
     responses={
-        200: {"model": Job, "description": "Finished within `wait`."},
+        200: {"model": ImageJob, "description": "Finished within `wait`."},
         **error_responses(400, 403, 413, 422),
     },
 )
 async def create_image(
     body: ImageBody, request: Request, response: Response, wait: WaitSeconds = 0
-) -> Job:
+) -> dict[str, Any]:
     """Text→image, image→image or inpainting (chosen from the inputs given) with a generative
     model (ImageRequest); upscaling, depth or segmentation with a task model (UpscaleRequest,
     DepthRequest, SegmentationRequest). `model` says which request the body is."""
@@ -49,6 +48,6 @@ async def create_image(
     engine = request.app.state.engine
     checked = await run_in_threadpool(validate_request, body, services)
     job = await run_in_threadpool(
-        engine.submit, JobKind.images, checked.model, checked.model_dump(mode="json")
+        engine.submit, "images", checked.model, checked.model_dump(mode="json")
     )
     return await job_response(request, job, wait, response)

@@ -3,12 +3,15 @@ upscaling, depth, segmentation), each with only the fields that apply to it."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, TypeAdapter
 
+from api.common.domain import ModelInfo
+from api.common.jobs.schemas import job_model
 from api.common.schemas import InputPath, Name, OutputPath, Prompt, RequestModel
 from api.images.registry import (
+    IMAGE_MODELS,
     MAX_CONTROLNETS,
     MAX_IP_ADAPTERS,
     MAX_SIDE,
@@ -205,18 +208,84 @@ AnyImageRequest = ImageRequest | UpscaleRequest | DepthRequest | SegmentationReq
 
 
 class ImageOutput(BaseModel):
-    path: str
-    url: str
+    path: str = Field(description="Where it was written (in the client's form: DD_PATH_MAP).")
+    url: str = Field(description="The same bytes over HTTP: a signed link.")
     width: int
     height: int
-    take_path: str | None = None
-    label: str | None = None  # segmentation: what this mask is of
-    score: float | None = None  # segmentation: detection confidence
+    take_path: str | None = Field(
+        None, description="Its timestamped take in <dir>/tmp/ (with an output_image_path)."
+    )
+    label: str | None = Field(None, description="Segmentation: what this mask is of.")
+    score: float | None = Field(None, description="Segmentation: detection confidence.")
 
 
 class ImageResult(BaseModel):
     images: list[ImageOutput]
-    seed: int | None  # None for models that take no seed (depth, segmentation)
+    seed: int | None = Field(description="The seed used; null for models that take none.")
     mode: Mode
-    tiny_weights: bool
-    timings: dict[str, float]
+    tiny_weights: bool = Field(description="Made with tiny random weights (tests): noise.")
+    timings: dict[str, float] = Field(description="Seconds: load_s, inference_s, write_s...")
+
+
+class ControlNetInfo(BaseModel):
+    """A ControlNet a diffusion model takes, and whether its weights are here."""
+
+    repo: str
+    modes: list[str]
+    present: bool
+    tiny: bool
+
+
+class IpAdapterInfo(ControlNetInfo):
+    """An IP-Adapter a diffusion model takes: its file in the repo, and whether it is here."""
+
+    weights: str
+
+
+class ImageModelInfo(ModelInfo):
+    """An image model (GET /api/models)."""
+
+    domain: Literal["images"] = "images"
+    controlnets: dict[str, ControlNetInfo] | None = Field(
+        None, description="Diffusion models: the ControlNets it takes, by kind."
+    )
+    ip_adapters: dict[str, IpAdapterInfo] | None = Field(
+        None, description="Diffusion models: the IP-Adapters it takes, by kind."
+    )
+
+
+def _request_kind(value: Any) -> str:
+    """Which request a (stored) request is, by its model: a generative one, or its task's."""
+    name = value.get("model") if isinstance(value, dict) else getattr(value, "model", None)
+    model = IMAGE_MODELS.get(name) if isinstance(name, str) else None
+    return str(model.task) if model is not None and model.task is not None else "generative"
+
+
+def _applicable(value: Any) -> Any:
+    """A job queued by an earlier version held every image field (defaults filled): those
+    that don't apply to its model are dropped."""
+    if not isinstance(value, dict):
+        return value
+    kind = _request_kind(value)
+    request_type = REQUEST_TYPES[None if kind == "generative" else Mode(kind)]
+    return {name: item for name, item in value.items() if name in request_type.model_fields}
+
+
+# A job's request as the job store holds it, typed by its model.
+StoredImageRequest = Annotated[
+    Annotated[ImageRequest, Tag("generative")]
+    | Annotated[UpscaleRequest, Tag(Mode.upscale.value)]
+    | Annotated[DepthRequest, Tag(Mode.depth.value)]
+    | Annotated[SegmentationRequest, Tag(Mode.segmentation.value)],
+    Discriminator(_request_kind),
+    BeforeValidator(_applicable),
+]
+_STORED = TypeAdapter(StoredImageRequest)
+
+
+def stored_request(request: dict[str, Any]) -> AnyImageRequest:
+    """A job's stored request as its request class."""
+    return _STORED.validate_python(request)
+
+
+ImageJob = job_model("images", "ImageJob", StoredImageRequest, ImageResult)

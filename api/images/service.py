@@ -1,9 +1,8 @@
-"""The images domain's public functions: check a request at submit, run it as a job."""
+"""The images domain's public functions: describe its models, run a job, name its files.
+(Submit-time checks: ``api.images.validation``.)"""
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 import time
 from collections.abc import Callable
@@ -13,25 +12,15 @@ from typing import Any
 from PIL import Image
 
 from api import __version__
+from api.common.domain import OutputFile
 from api.common.files import write_output
 from api.common.jobs.runner import JobContext
 from api.common.jobs.schemas import Job
 from api.common.media import encode_exr, encode_image
-from api.common.models import Weights, find_weights, require_weights
+from api.common.models import Weights
+from api.common.runtime import ModelFamily, ModelRuntime
 from api.common.services import Services
-from api.common.settings import SettingsError
-from api.images.context import (
-    ImageContext,
-    Picture,
-    Runtime,
-    build_context,
-    default_size,
-    output_suffixes,
-    parse_request,
-    stored_request,
-    unavailable_reason,
-    validate_request,
-)
+from api.images.context import ImageContext, Picture, build_context, output_suffixes
 from api.images.registry import (
     CONTROLNET_MODES,
     CONTROLNETS,
@@ -44,36 +33,45 @@ from api.images.registry import (
     ImageModel,
     Mode,
 )
-from api.images.schemas import ImageOutput, ImageRequest, ImageResult
-
-__all__ = [
-    "check_warm_up",
-    "describe_models",
-    "parse_request",
-    "run_image_job",
-    "validate_request",
-    "warm_up",
-]
+from api.images.schemas import (
+    ImageModelInfo,
+    ImageOutput,
+    ImageRequest,
+    ImageResult,
+    stored_request,
+)
+from api.images.settings import image_settings
+from api.images.sizing import default_size
+from api.images.validation import unavailable_reason
 
 log = logging.getLogger("api.images")
 
-# Family → module under api/images/models/ with ``generate(ctx, runtime)``.
-FAMILY_MODULES = dict.fromkeys(DIFFUSION_FAMILIES, "diffusion")
-FAMILY_MODULES["openai"] = "openai_images"
-FAMILY_MODULES |= {"upscaler": "upscaler", "depth": "depth", "segmentation": "segmentation"}
+
+def family(name: str) -> ModelFamily[ImageContext, list[Picture]]:
+    """The model module that runs a family (imported on first use: torch, diffusers and
+    transformers load with the first job, not with the server)."""
+    if name in DIFFUSION_FAMILIES:
+        from api.images.models import diffusion as module
+    elif name == "openai":
+        from api.images.models import openai_images as module
+    elif name == "upscaler":
+        from api.images.models import upscaler as module
+    elif name == "depth":
+        from api.images.models import depth as module
+    else:
+        from api.images.models import segmentation as module
+    return module
 
 
-def describe_models(services: Services) -> list[dict[str, Any]]:
+def describe_models(services: Services) -> list[ImageModelInfo]:
     """The image models for GET /api/models: capabilities, defaults, weights, state, and
     whether this server can run each now (``available``; else ``reason`` says why)."""
     loaded = services.loaded_models()
-    described = []
+    described: list[dict[str, Any]] = []
     for model in IMAGE_MODELS.values():
         weights = None
         if not model.external:
-            weights = find_weights(
-                model.name, model.repo, services.models_dir, services.settings.allow_downloads
-            )
+            weights = services.find_weights(model.name, model.repo)
         width, height = default_size(model, weights)
         described.append(
             {
@@ -104,7 +102,7 @@ def describe_models(services: Services) -> list[dict[str, Any]]:
                 _describe_extra_weights(services, name, repo) for name, repo in model.extra_weights
             ]
         described[-1] |= _describe_adapters(services, model)
-    return described
+    return [ImageModelInfo.model_validate(info) for info in described]
 
 
 def _describe_adapters(services: Services, model: ImageModel) -> dict[str, Any]:
@@ -114,9 +112,7 @@ def _describe_adapters(services: Services, model: ImageModel) -> dict[str, Any]:
         return {}
 
     def find(name: str, repo: str, files: tuple[str, ...] | None = None) -> Weights | None:
-        return find_weights(
-            name, repo, services.models_dir, services.settings.allow_downloads, files
-        )
+        return services.find_weights(name, repo, files)
 
     def state(found: Weights | None, file: str = "") -> dict[str, bool]:
         local = found is not None and found.source != "download"
@@ -143,7 +139,7 @@ def _describe_adapters(services: Services, model: ImageModel) -> dict[str, Any]:
 
 
 def _describe_extra_weights(services: Services, name: str, repo: str) -> dict[str, Any]:
-    found = find_weights(name, repo, services.models_dir, services.settings.allow_downloads)
+    found = services.find_weights(name, repo)
     return {
         "name": name,
         "repo": repo,
@@ -153,99 +149,72 @@ def _describe_extra_weights(services: Services, name: str, repo: str) -> dict[st
     }
 
 
-def make_runtime(services: Services, device: str, progress: Callable[[int, int], None]) -> Runtime:
-    return Runtime(
-        device=device,
-        cache=services.model_cache(device),
-        progress=progress,
-        find=functools.partial(
-            _require_weights, services.models_dir, services.settings.allow_downloads
-        ),
-        speed=services.settings.speed,
-    )
+def warm_up(services: Services) -> Callable[[str], None] | None:
+    """What a runner does before its first job when DD_WARMUP names models: load them on
+    its device and run each once (two steps at its native size), so that DD_COMPILE's
+    compilation happens then, not in the first job."""
+    names = image_settings(services.settings).warmup
+    if not names:
+        return None
+
+    def on(device: str) -> None:
+        for name in names:
+            model = IMAGE_MODELS[name]
+            started = time.perf_counter()
+            mode = Mode.text_to_image if Mode.text_to_image in model.modes else Mode.image_to_image
+            plate = Image.new("RGB", (model.width, model.height), (128, 128, 128))
+            request = ImageRequest(
+                model=name,
+                prompt="warm-up",
+                seed=0,
+                num_inference_steps=2,
+                guidance_scale=model.guidance_scale,
+                strength=1.0,
+                max_width=model.width,
+                max_height=model.height,
+            )
+            context = ImageContext(
+                model,
+                mode,
+                request,
+                model.width,
+                model.height,
+                0,
+                plate if mode == Mode.image_to_image else None,
+                None,
+                None,
+            )
+            family(model.family).run(context, ModelRuntime(services, device))
+            log.info("%s warmed up on %s in %.1f s", name, device, time.perf_counter() - started)
+
+    return on
 
 
-def check_warm_up(names: list[str]) -> None:
-    """DD_WARMUP may name the diffusion models only (they are what compiles)."""
-    wrong = [
-        name
-        for name in names
-        if name not in IMAGE_MODELS or IMAGE_MODELS[name].family not in DIFFUSION_FAMILIES
-    ]
-    if wrong:
-        choices = [m.name for m in IMAGE_MODELS.values() if m.family in DIFFUSION_FAMILIES]
-        raise SettingsError(
-            f"invalid settings:\n  DD_WARMUP: {', '.join(wrong)} can't be warmed up; "
-            f"name diffusion models: {', '.join(choices)}"
-        )
-
-
-def warm_up(services: Services, names: list[str], device: str) -> None:
-    """Load the named models on ``device`` before the first job, and run each once (two
-    steps at its native size) so that DD_COMPILE's compilation happens now, not then."""
-    from api.images.models import diffusion
-
-    for name in names:
-        model = IMAGE_MODELS[name]
-        started = time.perf_counter()
-        mode = Mode.text_to_image if Mode.text_to_image in model.modes else Mode.image_to_image
-        plate = Image.new("RGB", (model.width, model.height), (128, 128, 128))
-        request = ImageRequest(
-            model=name,
-            prompt="warm-up",
-            seed=0,
-            num_inference_steps=2,
-            guidance_scale=model.guidance_scale,
-            strength=1.0,
-            max_width=model.width,
-            max_height=model.height,
-        )
-        image_context = ImageContext(
-            model,
-            mode,
-            request,
-            model.width,
-            model.height,
-            0,
-            plate if mode == Mode.image_to_image else None,
-            None,
-            None,
-        )
-        diffusion.generate(image_context, make_runtime(services, device, lambda *_: None))
-        log.info("%s warmed up on %s in %.1f s", name, device, time.perf_counter() - started)
-
-
-def run_image_job(services: Services, job: Job, context: JobContext) -> dict[str, Any]:
+def run_image_job(services: Services, job: Job, context: JobContext) -> ImageResult:
     """Run the model a job asks for and write its outputs where the request says."""
     image_context = build_context(stored_request(job.request), services)
-    module = importlib.import_module(
-        f"api.images.models.{FAMILY_MODULES[image_context.model.family]}"
-    )  # torch, diffusers and transformers load with the first job
-    runtime = make_runtime(services, context.device, context.progress)
-    pictures, timings = module.generate(image_context, runtime)
+    runtime = ModelRuntime(services, context.device, context.progress, context.check_cancelled)
+    pictures, timings = family(image_context.model.family).run(image_context, runtime)
     context.check_cancelled()  # cancelled during the last step: write nothing
 
     started = time.perf_counter()
     outputs = write_pictures(services, job, image_context, pictures, runtime.tiny)
     timings["write_s"] = time.perf_counter() - started
-    result = ImageResult(
+    return ImageResult(
         images=outputs,
         seed=image_context.seed,
         mode=image_context.mode,
         tiny_weights=runtime.tiny,
         timings={name: round(value, 4) for name, value in timings.items()},
     )
-    return result.model_dump(mode="json", exclude_none=False)
 
 
-def _require_weights(
-    models_dir: Path,
-    allow_downloads: bool,
-    name: str,
-    repo: str,
-    files: tuple[str, ...] | None = None,
-):
-    return require_weights(name, repo, models_dir, allow_downloads, files)
+def output_files(result: dict[str, Any]) -> list[OutputFile]:
+    """The files an image job's result names (GET /api/files serves them)."""
+    return [
+        OutputFile(image["url"], image["path"], image.get("take_path"))
+        for image in result.get("images", [])
+    ]
 
 
 def write_pictures(

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.common.settings import Settings
+from api.domains import Settings
 from api.main import create_app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

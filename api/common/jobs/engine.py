@@ -18,14 +18,18 @@ from api.common.jobs.store import JobStore
 class JobEvents:
     """Wakes clients waiting on a job (``wait=``, SSE) when a runner thread changes it.
 
-    Progress notices (one per denoising step) wake only the watchers that asked for them
-    (SSE); a ``wait=`` call wakes on status changes alone, so the runner thread is not
-    made to hand over the GIL once a step for nothing.
+    The watchers belong to the event loop and are only touched there; a runner thread
+    learns whether anyone watches a job from a count kept behind a lock, and wakes them
+    through ``call_soon_threadsafe``. Progress notices (one per denoising step) go only to
+    watchers that asked for them (SSE): a ``wait=`` call wakes on status changes alone, so
+    the runner thread is not made to hand over the GIL once a step for nothing.
     """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._watchers: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)
+        self._watchers: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)  # loop's
+        self._lock = threading.Lock()
+        self._interest: dict[str, list[int]] = {}  # job id → [watchers, progress watchers]
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -33,14 +37,10 @@ class JobEvents:
     def publish(self, job_id: str, progress: bool = False) -> None:
         """Thread-safe: note that ``job_id`` changed (only its progress, if ``progress``)."""
         loop = self._loop
-        watchers = self._watchers.get(job_id)
-        if loop is None or loop.is_closed() or not watchers:
+        with self._lock:
+            watchers, progress_watchers = self._interest.get(job_id, (0, 0))
+        if loop is None or loop.is_closed() or not (progress_watchers if progress else watchers):
             return
-        try:
-            if progress and not any(watchers.values()):
-                return
-        except RuntimeError:  # the event loop changed the watchers meanwhile: just wake
-            pass
         with contextlib.suppress(RuntimeError):  # loop closing during shutdown
             loop.call_soon_threadsafe(self._wake, job_id, progress)
 
@@ -54,12 +54,22 @@ class JobEvents:
         """An event set whenever ``job_id`` changes (call from the event loop)."""
         event = asyncio.Event()
         self._watchers[job_id][event] = progress
+        self._count(job_id, progress, +1)
         try:
             yield event
         finally:
+            self._count(job_id, progress, -1)
             self._watchers[job_id].pop(event, None)
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
+
+    def _count(self, job_id: str, progress: bool, change: int) -> None:
+        with self._lock:
+            counts = self._interest.setdefault(job_id, [0, 0])
+            counts[0] += change
+            counts[1] += change if progress else 0
+            if counts[0] == 0:
+                del self._interest[job_id]
 
 
 class JobEngine:

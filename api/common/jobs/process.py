@@ -33,7 +33,7 @@ from api.common.jobs.schemas import Job, JobStatus
 from api.common.logs import quiet_model_libraries
 from api.common.media import limit_input_pixels
 from api.common.services import Services
-from api.common.settings import Settings
+from api.common.settings import ServerSettings
 
 log = logging.getLogger("api.jobs")
 
@@ -49,7 +49,7 @@ CANCEL_POLL_SECONDS = 0.1
 class DeviceProcesses:
     """How to start a device's worker process, and where it reports its loaded models."""
 
-    settings: Settings
+    settings: ServerSettings
     functions: JobFunctions
     services: Services
 
@@ -74,7 +74,7 @@ class PipeJobContext(JobContext):
 
 
 def device_process(
-    settings: Settings, functions: JobFunctions, device: str, conn: Connection
+    settings: ServerSettings, functions: JobFunctions, device: str, conn: Connection
 ) -> None:
     """The worker process of one device: warm up, then run each job the server sends."""
     logging.basicConfig(

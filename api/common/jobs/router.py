@@ -1,20 +1,21 @@
-"""HTTP for jobs: look up, list, follow (SSE) and cancel."""
+"""HTTP for jobs of every kind: look up, list, follow (SSE) and cancel.
 
-from __future__ import annotations
+(No ``from __future__ import annotations`` here: the routes are made inside
+``jobs_router`` and FastAPI reads their annotations, which name its local types.)
+"""
 
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any, Literal, Union, get_args
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import Field
 
 from api.common.errors import error_responses
 from api.common.jobs.engine import JobEngine
-from api.common.jobs.schemas import Job, JobKind, JobStatus
+from api.common.jobs.schemas import Job, JobStatus
 from api.common.signing import LinkSigner
-
-router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 MAX_WAIT_SECONDS = 600
 
@@ -33,15 +34,19 @@ def engine_of(request: Request) -> JobEngine:
     return request.app.state.engine
 
 
-def signed(request: Request, job: Job) -> Job:
-    """The job as answered: the download links in its result signed afresh."""
-    if job.result is None:
-        return job
-    links: LinkSigner = request.app.state.links
-    return job.model_copy(update={"result": links.sign_links(job.result)})
+def signed(request: Request, job: Job) -> dict[str, Any]:
+    """The job as answered (its route's response model then types it): the download links
+    in its result signed afresh."""
+    answer = job.model_dump()
+    if job.result is not None:
+        links: LinkSigner = request.app.state.links
+        answer["result"] = links.sign_links(job.result)
+    return answer
 
 
-async def job_response(request: Request, job: Job, wait: float, response: Response) -> Job:
+async def job_response(
+    request: Request, job: Job, wait: float, response: Response
+) -> dict[str, Any]:
     """The submit/wait answer: 200 once finished, 202 while queued or running."""
     if wait > 0 and not job.finished:
         job = await engine_of(request).wait(job.id, wait)
@@ -50,63 +55,85 @@ async def job_response(request: Request, job: Job, wait: float, response: Respon
     return signed(request, job)
 
 
-@router.get("", operation_id="jobs_list", response_model=list[Job], responses=error_responses(422))
-def list_jobs(
-    request: Request,
-    status: JobStatus | None = None,
-    kind: JobKind | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> list[Job]:
-    """Recent jobs, newest first."""
-    jobs = engine_of(request).store.list(status=status, kind=kind, limit=limit)
-    return [signed(request, job) for job in jobs]
+def one_of(types: Sequence[type[Job]]) -> Any:
+    """The response type of a route answering jobs of any of these kinds."""
+    if len(types) == 1:
+        return types[0]
+    return Annotated[Union[tuple(types)], Field(discriminator="kind")]  # noqa: UP007
 
 
-@router.get(
-    "/{job_id}",
-    operation_id="jobs_get",
-    response_model=Job,
-    responses={
-        202: {"model": Job, "description": "Still queued or running after `wait`."},
-        **error_responses(404, 422),
-    },
-)
-async def get_job(request: Request, job_id: str, response: Response, wait: WaitSeconds = 0) -> Job:
-    """One job; with ``wait``, held until it ends or the time passes."""
-    job = await engine_of(request).get(job_id)
-    if wait > 0:
-        return await job_response(request, job, wait, response)
-    return signed(request, job)
+def jobs_router(job_types: Sequence[type[Job]]) -> APIRouter:
+    """The /jobs routes, answering the registered domains' typed jobs."""
+    router = APIRouter(prefix="/jobs", tags=["jobs"])
+    any_job = one_of(job_types)
+    kinds = tuple(get_args(job.model_fields["kind"].annotation)[0] for job in job_types)
+    Kind = Literal[kinds]  # type: ignore[valid-type]
 
-
-@router.get(
-    "/{job_id}/events",
-    operation_id="jobs_events",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
-)
-async def job_events(request: Request, job_id: str) -> StreamingResponse:
-    """Server-Sent Events: ``status``, ``progress`` (step/total), then ``result`` or ``error``."""
-    engine = engine_of(request)
-    await engine.get(job_id)  # 404 before the stream starts
-
-    async def stream() -> AsyncIterator[str]:
-        async for event, data in engine.follow(job_id):
-            if event == "keepalive":
-                yield ": keepalive\n\n"  # a comment: clients ignore it, proxies see traffic
-            else:
-                if event == "result":
-                    data = request.app.state.links.sign_links(data)
-                yield f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
-
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    @router.get(
+        "", operation_id="jobs_list", response_model=list[any_job], responses=error_responses(422)
     )
+    def list_jobs(
+        request: Request,
+        status: JobStatus | None = None,
+        kind: Kind | None = None,  # type: ignore[valid-type]
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> list[dict[str, Any]]:
+        """Recent jobs, newest first."""
+        jobs = engine_of(request).store.list(status=status, kind=kind, limit=limit)
+        return [signed(request, job) for job in jobs]
 
+    @router.get(
+        "/{job_id}",
+        operation_id="jobs_get",
+        response_model=any_job,
+        responses={
+            202: {"model": any_job, "description": "Still queued or running after `wait`."},
+            **error_responses(404, 422),
+        },
+    )
+    async def get_job(
+        request: Request, job_id: str, response: Response, wait: WaitSeconds = 0
+    ) -> dict[str, Any]:
+        """One job; with ``wait``, held until it ends or the time passes."""
+        job = await engine_of(request).get(job_id)
+        if wait > 0:
+            return await job_response(request, job, wait, response)
+        return signed(request, job)
 
-@router.delete(
-    "/{job_id}", operation_id="jobs_cancel", response_model=Job, responses=error_responses(404, 409)
-)
-def cancel_job(request: Request, job_id: str) -> Job:
-    """Cancel: a queued job never runs; a running one stops at its next step. 409 if finished."""
-    return signed(request, engine_of(request).cancel(job_id))
+    @router.get(
+        "/{job_id}/events",
+        operation_id="jobs_events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}, **error_responses(404)},
+    )
+    async def job_events(request: Request, job_id: str) -> StreamingResponse:
+        """Server-Sent Events: ``status``, ``progress`` (step/total), then ``result`` or
+        ``error``."""
+        engine = engine_of(request)
+        await engine.get(job_id)  # 404 before the stream starts
+
+        async def stream() -> AsyncIterator[str]:
+            async for event, data in engine.follow(job_id):
+                if event == "keepalive":
+                    yield ": keepalive\n\n"  # a comment: clients ignore it, proxies see traffic
+                else:
+                    if event == "result":
+                        data = request.app.state.links.sign_links(data)
+                    yield f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    @router.delete(
+        "/{job_id}",
+        operation_id="jobs_cancel",
+        response_model=any_job,
+        responses=error_responses(404, 409),
+    )
+    def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+        """Cancel: a queued job never runs; a running one stops at its next step. 409 if
+        finished."""
+        return signed(request, engine_of(request).cancel(job_id))
+
+    return router

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from api.common.devices import free_memory, use_device
-from api.common.errors import ApiError, JobCancelled, JobFailure
+from api.common.errors import ApiError, JobCancelled, JobFailure, job_error
 from api.common.jobs.schemas import Job, JobStatus
 from api.common.jobs.store import JobStore
 
@@ -57,22 +57,6 @@ class StoreJobContext(JobContext):
             raise JobCancelled(self.job_id)
 
 
-def describe_failure(exc: BaseException) -> dict[str, str]:
-    """The job's ``error`` for an exception a handler raised."""
-    if isinstance(exc, JobFailure):
-        return {"type": exc.type, "message": str(exc)}
-    if isinstance(exc, ApiError):  # an input that was fine at submit but is not any more
-        return {"type": "invalid_input", "message": exc.message}
-    name = type(exc).__name__
-    if name == "OutOfMemoryError":
-        return {
-            "type": "out_of_memory",
-            "message": f"the device ran out of memory: {exc}. Try a smaller size or "
-            "optimize_low_vram=true.",
-        }
-    return {"type": "internal_error", "message": f"{name}: {exc}"}
-
-
 Outcome = tuple[JobStatus, dict[str, Any] | None, dict[str, str] | None]
 
 
@@ -86,7 +70,7 @@ def execute_job(handlers: dict[str, JobHandler], job: Job, context: JobContext) 
     except Exception as exc:
         if not isinstance(exc, JobFailure | ApiError):
             log.exception("job %s raised", job.id)
-        return JobStatus.failed, None, describe_failure(exc)
+        return JobStatus.failed, None, job_error(exc)
 
 
 def _details(result: dict[str, Any] | None, error: dict[str, str] | None) -> str:

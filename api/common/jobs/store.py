@@ -55,18 +55,56 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+class JobSignals:
+    """What the HTTP side and the runners tell each other about running jobs: progress,
+    cancel requests, and the stops of a shutdown. In memory (a denoising step must not wait
+    for a disk write; progress is saved when the job ends), behind one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._cancelling: set[str] = set()
+        self._interrupted: set[str] = set()  # stopped for a shutdown: to be queued again
+
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        with self._lock:
+            self._progress[job_id] = progress
+
+    def progress(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._progress.get(job_id)
+
+    def cancel(self, job_id: str, interrupt: bool = False) -> None:
+        """Ask a running job to stop at its next step (``interrupt``: for a shutdown)."""
+        with self._lock:
+            self._cancelling.add(job_id)
+            if interrupt:
+                self._interrupted.add(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._cancelling
+
+    def interrupted(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._interrupted
+
+    def finish(self, job_id: str) -> dict[str, Any] | None:
+        """Forget a job that ended; its last progress."""
+        with self._lock:
+            self._cancelling.discard(job_id)
+            self._interrupted.discard(job_id)
+            return self._progress.pop(job_id, None)
+
+
 class JobStore:
     """Every job the server has accepted, with its status, request, result or error."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._lock = threading.Lock()
-        # Progress of running jobs and their cancel requests live in memory: a denoising
-        # step must not wait for a disk sync. Progress is saved when the job ends.
-        self._progress: dict[str, dict[str, int]] = {}
-        self._cancelling: set[str] = set()
-        self._interrupted: set[str] = set()  # stopped for a shutdown: to be queued again
+        self._lock = threading.Lock()  # the database connection's
+        self.signals = JobSignals()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.text_factory = _decode
@@ -99,7 +137,7 @@ class JobStore:
             model=row["model"],
             status=row["status"],
             queue_position=position,
-            progress=self._progress.get(row["id"]) or _loads(row["progress"]),
+            progress=self.signals.progress(row["id"]) or _loads(row["progress"]),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
@@ -156,7 +194,7 @@ class JobStore:
         return self._job(row) if row else None
 
     def set_progress(self, job_id: str, step: int, total: int) -> None:
-        self._progress[job_id] = {"step": step, "total": total}
+        self.signals.set_progress(job_id, {"step": step, "total": total})
 
     def finish(
         self,
@@ -165,9 +203,8 @@ class JobStore:
         result: dict[str, Any] | None = None,
         error: dict[str, str] | None = None,
     ) -> None:
+        progress = self.signals.finish(job_id)
         with self._lock:
-            progress = self._progress.pop(job_id, None)
-            self._cancelling.discard(job_id)
             self._db.execute(
                 "UPDATE jobs SET status = ?, result = ?, error = ?, progress = ?, finished_at = ?"
                 " WHERE id = ? AND status = 'running'",
@@ -196,21 +233,18 @@ class JobStore:
                 )
             else:
                 self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-                self._cancelling.add(job_id)
+                self.signals.cancel(job_id)
         return self.get(job_id)
 
     def interrupt(self, job_id: str) -> None:
         """Stop a running job at its next step because the server is shutting down."""
-        self._interrupted.add(job_id)
-        self._cancelling.add(job_id)
+        self.signals.cancel(job_id, interrupt=True)
 
     def requeue_if_interrupted(self, job_id: str) -> bool:
         """Put a job stopped by ``interrupt`` back in the queue, in its old place."""
-        if job_id not in self._interrupted:
+        if not self.signals.interrupted(job_id):
             return False
-        self._interrupted.discard(job_id)
-        self._cancelling.discard(job_id)
-        self._progress.pop(job_id, None)
+        self.signals.finish(job_id)
         with self._lock:
             self._db.execute(
                 "UPDATE jobs SET status = 'queued', started_at = NULL, worker = NULL,"
@@ -220,7 +254,7 @@ class JobStore:
         return True
 
     def cancel_requested(self, job_id: str) -> bool:
-        return job_id in self._cancelling
+        return self.signals.cancel_requested(job_id)
 
     def fail_interrupted(self) -> int:
         """Mark jobs left ``running`` by a process that died as failed; returns how many."""

@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-from api.common.models import Weights, folder_size
-from api.images.context import DEPTH_MODEL, ImageContext, Picture, Runtime
+from api.common.models import CacheKey, Weights
+from api.common.runtime import ModelRuntime
+from api.images.context import DEPTH_MODEL, ImageContext, Picture
 from api.images.registry import IMAGE_MODELS
 
 
@@ -48,14 +49,11 @@ def load_depth_model(weights: Weights, device: str) -> DepthModel:
     return DepthModel(processor, model.eval(), device)
 
 
-def _model(runtime: Runtime) -> DepthModel:
+def _model(runtime: ModelRuntime) -> DepthModel:
     model = IMAGE_MODELS[DEPTH_MODEL]
     weights = runtime.weights(model.name, model.repo)
-    return runtime.cache.get(
-        (model.name,),
-        lambda: load_depth_model(weights, runtime.device),
-        needed_bytes=folder_size(weights.location),
-        device=runtime.device,
+    return runtime.resident(
+        CacheKey(model.name), lambda: load_depth_model(weights, runtime.device), weights
     )
 
 
@@ -76,13 +74,13 @@ def to_png16(depth: np.ndarray) -> Image.Image:
     return Image.fromarray((normalised(depth) * 65535).round().astype(np.uint16))
 
 
-def estimate_depth(image: Image.Image, runtime: Runtime) -> Image.Image:
+def estimate_depth(image: Image.Image, runtime: ModelRuntime) -> Image.Image:
     """An 8-bit RGB depth map of ``image`` (same size, white = near), e.g. for a depth
     ControlNet. Loads (and keeps resident) the depth-anything model on ``runtime.device``."""
     return to_png8(_model(runtime).predict(image)).convert("RGB")
 
 
-def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[str, float]]:
+def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
     """The input image's depth in the request's depth_format; and the load/run timings."""
     started = time.perf_counter()
     depth_model = _model(runtime)

@@ -27,10 +27,10 @@ from PIL import Image
 from transformers import CLIPVisionModelWithProjection
 
 from api.common.errors import JobFailure
-from api.common.models import Weights, building_models, folder_size
+from api.common.models import CacheKey, Weights, building_models
 from api.common.pipelines import load_pipeline
-from api.common.settings import Speed
-from api.images.context import ImageContext, Picture, Runtime
+from api.common.runtime import ModelRuntime
+from api.images.context import ImageContext, Picture
 from api.images.models.depth import estimate_depth
 from api.images.models.speed import speed_up
 from api.images.registry import (
@@ -44,6 +44,7 @@ from api.images.registry import (
     ScaleLayers,
 )
 from api.images.schemas import IpAdapter
+from api.images.settings import Speed, image_settings
 
 AUTO_PIPELINES = {
     Mode.text_to_image: AutoPipelineForText2Image,
@@ -65,16 +66,6 @@ MASK_CROP_PADDING = 32
 CANNY_THRESHOLDS = (100, 200)
 
 Progress = Callable[[int, int], None]
-
-
-def dtype_for(device: str, precision: str) -> torch.dtype:
-    """fp32 on the CPU. On CUDA, ``DD_PRECISION``: ``auto`` is bf16 on GPUs that have it (no
-    fp16 overflow, so SDXL's VAE needs no float32 upcast for each decode), else fp16."""
-    if not device.startswith("cuda"):
-        return torch.float32
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @dataclass
@@ -105,11 +96,16 @@ class LoadedModel:
 
 
 def load_model(
-    model: ImageModel, weights: Weights, device: str, low_vram: bool, speed: Speed
+    model: ImageModel,
+    weights: Weights,
+    device: str,
+    low_vram: bool,
+    speed: Speed,
+    dtype: torch.dtype,
 ) -> LoadedModel:
     """``from_pretrained`` exactly as for downloaded weights, straight onto the device."""
     base_mode = Mode.text_to_image if Mode.text_to_image in model.modes else Mode.image_to_image
-    kwargs: dict[str, Any] = {"dtype": dtype_for(device, speed.precision)}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if model.family == "sd1.5":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     on_gpu = device.startswith("cuda")
@@ -153,30 +149,18 @@ def load_image_encoder(weights: Weights, device: str, low_vram: bool, dtype: tor
     return encoder if low_vram else encoder.to(device)
 
 
-def _resident(runtime: Runtime, key: tuple, load: Callable[[], Any], weights: Weights) -> Any:
-    low_vram = key[-1]
-    return runtime.cache.get(
-        key,
-        load,
-        needed_bytes=0 if low_vram else folder_size(weights.location),
-        device=runtime.device,
-    )
-
-
-def controlnets(ctx: ImageContext, runtime: Runtime, low_vram: bool) -> list[Any]:
+def controlnets(ctx: ImageContext, runtime: ModelRuntime, low_vram: bool) -> list[Any]:
     """The request's ControlNets, each loaded once per device and kept like a model."""
     family = ctx.model.family
-    dtype = dtype_for(runtime.device, runtime.speed.precision)
     loaded = []
     for controlnet in ctx.request.controlnets:
         name, repo = CONTROLNETS[family, controlnet.model]
         weights = runtime.weights(name, repo)
         loaded.append(
-            _resident(
-                runtime,
-                (name, low_vram),
+            runtime.resident(
+                CacheKey(name, offloaded=low_vram),
                 lambda weights=weights: load_controlnet(
-                    family, weights, runtime.device, low_vram, dtype
+                    family, weights, runtime.device, low_vram, runtime.dtype
                 ),
                 weights,
             )
@@ -184,7 +168,7 @@ def controlnets(ctx: ImageContext, runtime: Runtime, low_vram: bool) -> list[Any
     return loaded
 
 
-def ip_adapter_weights(ctx: ImageContext, runtime: Runtime) -> Weights:
+def ip_adapter_weights(ctx: ImageContext, runtime: ModelRuntime) -> Weights:
     """h94/IP-Adapter's folder, checked for every adapter file the request names."""
     name, repo = IP_ADAPTER_WEIGHTS
     weights = runtime.weights(name, repo, files=(f"{IP_ADAPTER_IMAGE_ENCODER}/config.json",))
@@ -200,13 +184,14 @@ def ip_adapter_weights(ctx: ImageContext, runtime: Runtime) -> Weights:
     return weights
 
 
-def image_encoder(ctx: ImageContext, runtime: Runtime, weights: Weights, low_vram: bool) -> Any:
+def image_encoder(
+    ctx: ImageContext, runtime: ModelRuntime, weights: Weights, low_vram: bool
+) -> Any:
     """The image encoder every IP-Adapter shares, loaded once per device and dtype."""
-    device = runtime.device
-    dtype = dtype_for(device, runtime.speed.precision)
-    key = (IP_ADAPTER_WEIGHTS[0], "image_encoder", str(dtype), low_vram)
-    return _resident(
-        runtime, key, lambda: load_image_encoder(weights, device, low_vram, dtype), weights
+    device, dtype = runtime.device, runtime.dtype
+    key = CacheKey(IP_ADAPTER_WEIGHTS[0], "image_encoder", low_vram, str(dtype))
+    return runtime.resident(
+        key, lambda: load_image_encoder(weights, device, low_vram, dtype), weights
     )
 
 
@@ -217,7 +202,7 @@ def canny_edges(image: Image.Image) -> Image.Image:
     return Image.fromarray(edges).convert("RGB")
 
 
-def control_images(ctx: ImageContext, runtime: Runtime) -> list[Image.Image]:
+def control_images(ctx: ImageContext, runtime: ModelRuntime) -> list[Image.Image]:
     """The control images, made from plain pictures where a ControlNet asks to preprocess."""
     images = []
     for controlnet, image in zip(ctx.request.controlnets, ctx.control_images, strict=True):
@@ -336,18 +321,18 @@ def _call_arguments(
     return {name: value for name, value in arguments.items() if name in accepted}
 
 
-def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[str, float]]:
+def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
     """Run the request's mode on its model; returns the image and the load/run timings."""
     started = time.perf_counter()
     device = runtime.device
     controls = control_images(ctx, runtime)
     weights = runtime.weights(ctx.model.name, ctx.model.repo)
-    low_vram = ctx.request.optimize_low_vram and device.startswith("cuda")
-    loaded = runtime.cache.get(
-        (ctx.model.name, low_vram),
-        lambda: load_model(ctx.model, weights, device, low_vram, runtime.speed),
-        needed_bytes=0 if low_vram else folder_size(weights.location),
-        device=device,
+    low_vram = ctx.request.optimize_low_vram and runtime.on_gpu
+    speed = image_settings(runtime.services.settings).speed
+    loaded = runtime.resident(
+        CacheKey(ctx.model.name, offloaded=low_vram),
+        lambda: load_model(ctx.model, weights, device, low_vram, speed, runtime.dtype),
+        weights,
     )
     components: dict[str, Any] = {}
     if controls:

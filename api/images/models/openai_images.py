@@ -20,7 +20,8 @@ import openai
 from PIL import Image, UnidentifiedImageError
 
 from api.common.errors import JobFailure
-from api.images.context import ImageContext, Picture, Runtime
+from api.common.runtime import ModelRuntime
+from api.images.context import ImageContext, Picture
 from api.images.registry import Mode
 
 # Width/height ratio → the size the provider makes; the nearest ratio (in log scale) wins.
@@ -98,7 +99,7 @@ def decode_image(b64: str | None) -> Image.Image:
     return picture if picture.mode in ("RGB", "RGBA") else picture.convert("RGB")
 
 
-def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[str, float]]:
+def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
     """One call to the provider; returns its image and the round-trip time."""
     request = ctx.request
     arguments = {
@@ -116,7 +117,11 @@ def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[s
     runtime.progress(0, 1)  # also where a cancel before the call is honoured
     started = time.perf_counter()
     try:
-        client = openai.OpenAI()
+        settings = runtime.services.settings
+        key = settings.openai_api_key
+        client = openai.OpenAI(
+            api_key=key.get_secret_value() if key else None, base_url=settings.openai_base_url
+        )
         if not images:
             response = client.images.generate(**arguments)
         else:  # the input image first (the mask applies to it), then the references

@@ -25,8 +25,9 @@ from transformers import (
 )
 
 from api.common.errors import JobFailure
-from api.common.models import Weights, folder_size
-from api.images.context import ImageContext, Picture, Runtime
+from api.common.models import CacheKey, Weights
+from api.common.runtime import ModelRuntime
+from api.images.context import ImageContext, Picture
 from api.images.registry import SEGMENT_MAX_OBJECTS, SEGMENT_NMS_IOU
 
 # One colour per object, in score order: primaries, secondaries, then mixes (10 = the most
@@ -151,17 +152,16 @@ def combined_mask(masks: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[str, float]]:
+def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
     """Segment what the prompt names; fails the job when nothing is found."""
     started = time.perf_counter()
     model, request = ctx.model, ctx.request
     sam_weights = runtime.weights(model.name, model.repo)
     detector_weights = runtime.weights(*model.extra_weights[0])
-    segmenter = runtime.cache.get(
-        (model.name,),
+    segmenter = runtime.resident(
+        CacheKey(model.name),
         lambda: load_segmenter(detector_weights, sam_weights, runtime.device),
-        needed_bytes=folder_size(detector_weights.location) + folder_size(sam_weights.location),
-        device=runtime.device,
+        sam_weights,
     )
     loaded_at = time.perf_counter()
     image = ctx.image.convert("RGB")

@@ -10,7 +10,7 @@ import logging
 import torch
 from diffusers import DiffusionPipeline
 
-from api.common.settings import Speed
+from api.images.settings import Speed
 
 log = logging.getLogger("api.speed")
 

@@ -46,7 +46,7 @@ from transformers import (
     T5Tokenizer,
 )
 
-TINY_MARKER = "tiny.json"
+from api.common.models import TINY_MARKER
 
 TINY_IMAGE_MODELS: dict[str, str] = {
     "sd1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5",

@@ -17,9 +17,10 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionUpscalePipeline
 from PIL import Image
 
-from api.common.models import Weights, folder_size
+from api.common.models import CacheKey, Weights
 from api.common.pipelines import load_pipeline
-from api.images.context import ImageContext, Picture, Runtime
+from api.common.runtime import ModelRuntime
+from api.images.context import ImageContext, Picture
 from api.images.registry import UPSCALE_FACTOR, UPSCALE_NOISE_LEVEL, UPSCALE_TILE_OVERLAP
 
 # Tiles start on, and the padded input is a multiple of, this many input pixels: the UNet
@@ -116,17 +117,16 @@ def upscale(
     return Image.fromarray((out * 255).round().clip(0, 255).astype(np.uint8))
 
 
-def generate(ctx: ImageContext, runtime: Runtime) -> tuple[list[Picture], dict[str, float]]:
+def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
     """Upscale the request's input image 4x; returns it and the load/run timings."""
     started = time.perf_counter()
     device = runtime.device
     weights = runtime.weights(ctx.model.name, ctx.model.repo)
-    low_vram = ctx.request.optimize_low_vram and device.startswith("cuda")
-    pipe = runtime.cache.get(
-        (ctx.model.name, low_vram),
+    low_vram = ctx.request.optimize_low_vram and runtime.on_gpu
+    pipe = runtime.resident(
+        CacheKey(ctx.model.name, offloaded=low_vram),
         lambda: load_upscaler(weights, device, low_vram),
-        needed_bytes=0 if low_vram else folder_size(weights.location),
-        device=device,
+        weights,
     )
     loaded_at = time.perf_counter()
     request = ctx.request

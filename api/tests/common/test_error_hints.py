@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.main import install_error_handlers
+from api.common.http import install_error_handlers
 
 
 class Layer(BaseModel):

@@ -18,7 +18,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import api.common.router
-from api.main import MAX_JSON_BYTES, create_app
+from api.common.http import MAX_JSON_BYTES
+from api.main import create_app
 from api.tests.conftest import assert_nothing_happened, files_under, image_request
 
 

@@ -7,22 +7,22 @@ import threading
 import pytest
 import torch
 
-from api.common.models import ModelCache, Weights
+from api.common.models import CacheKey, ModelCache, Weights
 
 
 def test_least_recently_used_is_evicted():
     cache = ModelCache(max_entries=2)
-    cache.get("a", lambda: "A")
-    cache.get("b", lambda: "B")
-    assert cache.get("a", lambda: pytest.fail("a is resident")) == "A"
-    cache.get("c", lambda: "C")
-    assert cache.keys() == ["a", "c"]
+    cache.get(CacheKey("a"), lambda: "A")
+    cache.get(CacheKey("b"), lambda: "B")
+    assert cache.get(CacheKey("a"), lambda: pytest.fail("a is resident")) == "A"
+    cache.get(CacheKey("c"), lambda: "C")
+    assert cache.keys() == [CacheKey("a"), CacheKey("c")]
 
 
 def test_out_of_memory_while_loading_unloads_the_others_and_tries_again():
     cache = ModelCache(max_entries=4)
-    cache.get("a", lambda: "A")
-    cache.get("b", lambda: "B")
+    cache.get(CacheKey("a"), lambda: "A")
+    cache.get(CacheKey("b"), lambda: "B")
     attempts = []
 
     def load() -> str:
@@ -31,9 +31,9 @@ def test_out_of_memory_while_loading_unloads_the_others_and_tries_again():
             raise torch.OutOfMemoryError("CUDA out of memory")
         return "C"
 
-    assert cache.get("c", load) == "C"
+    assert cache.get(CacheKey("c"), load) == "C"
     assert attempts == [2, 0]  # the second try ran with nothing else resident
-    assert cache.keys() == ["c"]
+    assert cache.keys() == [CacheKey("c")]
 
 
 def test_out_of_memory_with_nothing_to_unload_fails():
@@ -43,13 +43,13 @@ def test_out_of_memory_with_nothing_to_unload_fails():
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     with pytest.raises(torch.OutOfMemoryError):
-        cache.get("a", load)
+        cache.get(CacheKey("a"), load)
     assert cache.keys() == []
 
 
 def test_a_load_holds_no_lock_readers_need():
     cache = ModelCache(max_entries=4)
-    cache.get("a", lambda: "A")
+    cache.get(CacheKey("a"), lambda: "A")
     loading, release = threading.Event(), threading.Event()
 
     def slow_load() -> str:
@@ -57,16 +57,16 @@ def test_a_load_holds_no_lock_readers_need():
         release.wait(30)
         return "B"
 
-    loader = threading.Thread(target=cache.get, args=("b", slow_load))
+    loader = threading.Thread(target=cache.get, args=(CacheKey("b"), slow_load))
     loader.start()
     try:
         assert loading.wait(10)
-        assert cache.keys() == ["a"]  # answers while "b" loads
-        assert cache.get("a", lambda: pytest.fail("a is resident")) == "A"
+        assert cache.keys() == [CacheKey("a")]  # answers while "b" loads
+        assert cache.get(CacheKey("a"), lambda: pytest.fail("a is resident")) == "A"
     finally:
         release.set()
         loader.join(10)
-    assert cache.keys() == ["a", "b"]
+    assert cache.keys() == [CacheKey("a"), CacheKey("b")]
 
 
 def test_health_and_models_answer_while_a_model_loads(client):
@@ -78,7 +78,7 @@ def test_health_and_models_answer_while_a_model_loads(client):
         release.wait(30)
         return "loaded"
 
-    loader = threading.Thread(target=cache.get, args=("a-slow-model", slow_load))
+    loader = threading.Thread(target=cache.get, args=(CacheKey("a-slow-model"), slow_load))
     loader.start()
     try:
         assert loading.wait(10)
@@ -87,15 +87,17 @@ def test_health_and_models_answer_while_a_model_loads(client):
     finally:
         release.set()
         loader.join(10)
-    assert "a-slow-model" in cache.keys()
+    assert CacheKey("a-slow-model") in cache.keys()
 
 
 def test_two_devices_loading_at_once_build_whole_models(tiny_models):
     """diffusers and transformers patch torch process-wide while they build a model: two
     loads at once (two runners) must not see each other's meta tensors or skipped inits."""
-    from api.common.settings import Speed
+    import torch
+
     from api.images.models.diffusion import load_model
     from api.images.registry import IMAGE_MODELS
+    from api.images.settings import Speed
 
     loaded: dict[str, object] = {}
     errors: list[BaseException] = []
@@ -105,7 +107,8 @@ def test_two_devices_loading_at_once_build_whole_models(tiny_models):
         weights = Weights("models_dir", str(tiny_models / name), tiny=True)
         try:
             loaded[name] = ModelCache(2).get(
-                name, lambda: load_model(model, weights, "cpu", False, Speed())
+                CacheKey(name),
+                lambda: load_model(model, weights, "cpu", False, Speed(), torch.float32),
             )
         except BaseException as exc:  # reported below
             errors.append(exc)

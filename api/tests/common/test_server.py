@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.common.paths import PathPolicy
-from api.common.settings import Settings, SettingsError, load_settings
+from api.common.settings import SettingsError, load_settings
+from api.domains import Settings
 from api.tests.conftest import files_under, png_metadata, write_image
 
 QUICK = {
@@ -109,6 +110,7 @@ def test_health_and_models(client: TestClient):
         "source": "models_dir",
         "present": True,
         "tiny": True,
+        "extra": None,  # other weights it runs with: none
     }
     assert models["flux-schnell"]["defaults"]["num_inference_steps"] == 4
     assert all(m["loaded_on"] == [] for m in models.values())
@@ -182,7 +184,7 @@ def test_bad_settings_fail_at_start_up(monkeypatch, tmp_path: Path, env: dict, n
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=needle):
-        load_settings()
+        load_settings(Settings)
 
 
 def test_serve_refuses_open_bind_without_keys(tmp_path: Path):

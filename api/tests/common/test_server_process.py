@@ -200,7 +200,7 @@ def test_a_second_server_on_the_same_data_dir_exits_and_the_first_keeps_its_jobs
 def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(server: Server):
     """A body with no Content-Length (chunked) is counted as it arrives: the server answers
     413 once it passes the JSON limit and reads no more, so the client stops sending."""
-    from api.main import MAX_JSON_BYTES
+    from api.common.http import MAX_JSON_BYTES
 
     chunk = b" " * 2**20
     total = 4 * MAX_JSON_BYTES // len(chunk)  # what the client would send if let

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from api.common.settings import Settings, SettingsError, load_settings, start_up_warnings
+from api.common.settings import (
+    SettingsError,
+    environment_name,
+    load_settings,
+    start_up_warnings,
+)
+from api.domains import Settings
 
 REPO = Path(__file__).parents[3]
 
@@ -46,7 +52,7 @@ def test_json_settings_errors_show_a_valid_example(
     monkeypatch.setenv("DD_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=name) as raised:
-        load_settings()
+        load_settings(Settings)
     example = re.search(rf"e\.g\. {name}='(.+)'$", str(raised.value), re.MULTILINE)
     assert example, str(raised.value)
     if name == "DD_ALLOWED_ROOTS":
@@ -54,7 +60,7 @@ def test_json_settings_errors_show_a_valid_example(
             assert root in example.group(1)
         return  # the example's folders need not exist here
     monkeypatch.setenv(name, example.group(1))  # the example itself is a valid setting
-    assert load_settings()
+    assert load_settings(Settings)
 
 
 def test_unknown_variables_and_missing_roots_are_warnings(tmp_path: Path):
@@ -86,8 +92,9 @@ def test_serve_help_lists_every_setting():
     assert "--host" in done.stdout and "--port" in done.stdout
     text = " ".join(done.stdout.split())  # the help wraps long lines
     for name, info in Settings.model_fields.items():
-        assert f"DD_{name.upper()}" in done.stdout
+        assert environment_name(name, info) in done.stdout
         assert " ".join(info.description.split()) in text
+    assert "OPENAI_API_KEY" in text  # a provider's key, under its usual name
     assert "DD_PORT port to listen on [default: 5000]" in text
     assert "DD_PATH_MAP" in text and "[default: {}]" in text
     assert "DD_ALLOW_DOWNLOADS" in text and "[default: true]" in text

@@ -430,5 +430,5 @@ def test_models_list_what_each_model_takes(client: TestClient):
         "present": True,
         "tiny": True,
     }
-    assert "controlnets" not in models["sdxl-refiner"]
-    assert "ip_adapters" not in models["depth-anything"]
+    assert models["sdxl-refiner"]["controlnets"] is None  # takes none
+    assert models["depth-anything"]["ip_adapters"] is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -14,10 +13,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-from api.common.models import ModelCache
-from api.images.context import Runtime
+from api.common.models import CacheKey
+from api.common.runtime import ModelRuntime
+from api.common.services import Services
 from api.images.models.depth import estimate_depth
-from api.images.service import _require_weights
 from api.tests.conftest import (
     assert_nothing_happened,
     files_under,
@@ -116,19 +115,14 @@ def test_exr_by_default_goes_to_the_data_dir_as_exr(client: TestClient, workspac
     assert served.content == path.read_bytes()
 
 
-def test_estimate_depth_for_controlnets(tiny_models: Path, workspace: Path, direct_depth):
+def test_estimate_depth_for_controlnets(make_settings, workspace: Path, direct_depth):
     plate = write_image(workspace / "plate.png", SIZE)
-    runtime = Runtime(
-        device="cpu",
-        cache=ModelCache(2),
-        progress=lambda step, total: None,
-        find=functools.partial(_require_weights, tiny_models, False),  # as the service does
-    )
+    runtime = ModelRuntime(Services.from_settings(make_settings()), "cpu")
     depth = estimate_depth(Image.open(plate), runtime)
     assert depth.mode == "RGB" and depth.size == SIZE
     grey = np.asarray(depth)[..., 0].astype(np.float64)
     assert np.abs(grey - normalised(direct_depth(plate)) * 255).max() <= 1
-    assert runtime.tiny and runtime.cache.keys() == [("depth-anything",)]
+    assert runtime.tiny and runtime.cache.keys() == [CacheKey("depth-anything")]
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,12 @@ def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
     server.server_close()
 
 
+@pytest.fixture
+def client(provider: FakeOpenAI, make_client) -> TestClient:
+    """A server started with the fake provider's key and address in its environment."""
+    return make_client()
+
+
 def submit(client: TestClient, body: dict, wait: int = 30) -> dict:
     response = client.post(f"/api/images?wait={wait}", json={"model": "gpt-image-1"} | body)
     assert response.status_code in (200, 202), response.text
@@ -412,10 +418,8 @@ def test_provider_error_fails_the_job_with_its_message(
     assert succeeded(client, {"prompt": "x"})["result"]["images"]
 
 
-def test_wrong_key_fails_the_job(
-    client: TestClient, provider: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setenv("OPENAI_API_KEY", "revoked")
+def test_wrong_key_fails_the_job(provider: FakeOpenAI, make_client):
+    client = make_client(openai_api_key="revoked")
     job = submit(client, {"prompt": "x"})
     assert job["status"] == "failed" and job["error"]["type"] == "provider_error"
     assert "Incorrect API key provided" in job["error"]["message"]
@@ -447,13 +451,9 @@ def test_cancel_during_the_call_writes_nothing(
 
 
 def test_missing_api_key_is_refused_at_submit(
-    client: TestClient,
-    provider: FakeOpenAI,
-    workspace: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    provider: FakeOpenAI, make_client, workspace: Path, tmp_path: Path
 ):
-    monkeypatch.delenv("OPENAI_API_KEY")
+    client = make_client(openai_api_key=None)
     plate = write_image(workspace / "plate.png")
     url = "data:image/png;base64," + base64.b64encode(plate.read_bytes()).decode()
     response = client.post(

@@ -116,13 +116,15 @@ def test_adapters_leave_no_trace_in_the_cached_pipelines(
 def test_pipelines_keep_their_own_scheduler(tiny_models: Path):
     """Schedulers keep state between calls (image→image's add_noise moves PNDM's tables to
     the GPU for good, which shifts later text→image pixels there): none is shared."""
+    import torch
+
     from api.common.models import Weights
-    from api.common.settings import Speed
     from api.images.models.diffusion import load_model
     from api.images.registry import IMAGE_MODELS
+    from api.images.settings import Speed
 
     weights = Weights("models_dir", str(tiny_models / "sd1.5"), tiny=True)
-    loaded = load_model(IMAGE_MODELS["sd1.5"], weights, "cpu", False, Speed())
+    loaded = load_model(IMAGE_MODELS["sd1.5"], weights, "cpu", False, Speed(), torch.float32)
     pipelines = [
         loaded.pipeline(Mode.text_to_image),
         loaded.pipeline(Mode.image_to_image),

@@ -205,11 +205,11 @@ def test_upload_rejections(client: TestClient, tmp_path: Path):
 
 
 def test_oversized_bodies_are_refused(client: TestClient, workspace: Path, tmp_path, monkeypatch):
+    import api.common.http
     import api.common.router
-    import api.main
 
     before = files_under(tmp_path)
-    monkeypatch.setattr(api.main, "MAX_JSON_BYTES", 200)
+    monkeypatch.setattr(api.common.http, "MAX_JSON_BYTES", 200)
     big = client.post("/api/images", json=OK | {"prompt": "x" * 300})
     assert big.status_code == 413 and big.json()["error"]["type"] == "payload_too_large"
     assert big.json()["error"]["field"] == "body"

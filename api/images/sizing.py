@@ -1,0 +1,71 @@
+"""Output sizes: the bounds a request gives, the input's aspect ratio, what the model's
+weights can make, and the small default of tiny weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from api.common.errors import InvalidField
+from api.common.models import Weights
+from api.images.registry import (
+    SIZE_MULTIPLE,
+    TINY_SIZE,
+    VAE_SCALE,
+    ImageModel,
+)
+from api.images.schemas import (
+    ImageRequest,
+)
+
+
+def default_size(model: ImageModel, weights: Weights | None) -> tuple[int, int]:
+    """The output size of a generative request without max_width/max_height: the model's
+    native size, or TINY_SIZE when its weights are tiny (random weights make noise at any
+    size, and a laptop makes 64 px of it in seconds, 1024 px in minutes)."""
+    if model.task is None and weights is not None and weights.tiny:
+        return TINY_SIZE, TINY_SIZE
+    return model.width, model.height
+
+
+def largest_side(weights: Weights | None) -> int | None:
+    """The widest output a denoiser's weights can make, where their config says: SD3's
+    transformer learned position embeddings for ``pos_embed_max_size`` patches a side
+    (192 for SD3 medium: 3072 px; 384 for SD3.5). None when unbounded or unknown."""
+    if weights is None or weights.source == "download":
+        return None
+    config = Path(weights.location, "transformer", "config.json")
+    if not config.is_file():
+        return None
+    values = json.loads(config.read_text())
+    patches = values.get("pos_embed_max_size")
+    if not patches:
+        return None
+    return int(patches) * int(values.get("patch_size", 2)) * VAE_SCALE
+
+
+def check_max_side(model: ImageModel, weights: Weights | None, request: ImageRequest) -> None:
+    """max_width / max_height within what the model's weights can make, or a 422 on it."""
+    largest = largest_side(weights)
+    for name in ("max_width", "max_height"):
+        value = getattr(request, name)
+        if largest is not None and value is not None and value > largest:
+            raise InvalidField(
+                f"{name} {value} is more than {model.name} can make: at most {largest} px a "
+                "side (its transformer's position embeddings); ask for less",
+                name,
+            )
+
+
+def round_size(value: float) -> int:
+    return max(SIZE_MULTIPLE, int(value) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+
+def output_size(max_width: int, max_height: int, image: Image.Image | None) -> tuple[int, int]:
+    """Text→image: the bounds. With an input image: its aspect ratio, scaled to fit them."""
+    if image is None:
+        return round_size(max_width), round_size(max_height)
+    scale = min(max_width / image.width, max_height / image.height)
+    return round_size(image.width * scale), round_size(image.height * scale)

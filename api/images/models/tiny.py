@@ -151,14 +151,14 @@ def _clip_tokenizer(pad_token: str = _CLIP_EOS) -> CLIPTokenizer:
     )
 
 
-def _t5_tokenizer() -> T5Tokenizer:
+def _t5_tokenizer(model_max_length: int = _T5_MAX_LENGTH) -> T5Tokenizer:
     """A T5-style Unigram tokenizer: <pad>=0, </s>=1, <unk>=2, pieces, then reversed sentinels."""
     characters = string.ascii_letters + string.digits + ".,;:!?'\"()-_/&+*=%#@"
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
     pieces += [("▁" + word, -6.0) for word in _corpus_words()]
     pieces += [(character, -10.0) for character in characters]
     pieces += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(_T5_EXTRA_IDS))]
-    return T5Tokenizer(vocab=pieces, extra_ids=_T5_EXTRA_IDS, model_max_length=_T5_MAX_LENGTH)
+    return T5Tokenizer(vocab=pieces, extra_ids=_T5_EXTRA_IDS, model_max_length=model_max_length)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,11 +514,18 @@ def build_tiny_image_models(models_dir: Path, names: Iterable[str] | None = None
 
     ``names`` defaults to every tiny model (``tiny_models()``). Returns the names written.
     """
-    known = tiny_models()
+    return write_tiny_models(models_dir, tiny_models(), names, "image")
+
+
+def write_tiny_models(
+    models_dir: Path, known: dict[str, TinyModel], names: Iterable[str] | None, kind: str
+) -> list[str]:
+    """Write each named model of ``known`` (default: all) into models_dir/<name>/, marked as
+    tiny; ``kind`` names them in the error for an unknown name. Returns the names written."""
     selected = list(known if names is None else names)
     unknown = [name for name in selected if name not in known]
     if unknown:
-        raise ValueError(f"unknown tiny image models: {unknown}; known: {list(known)}")
+        raise ValueError(f"unknown tiny {kind} models: {unknown}; known: {list(known)}")
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     diffusers.utils.logging.disable_progress_bar()  # no "Writing model shards" bars

@@ -1,0 +1,212 @@
+"""The local video families (Stable Video Diffusion, CogVideoX, LTX-Video, Wan): load once,
+then image→video (or text→video) through diffusers' own pipelines."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    CogVideoXImageToVideoPipeline,
+    DiffusionPipeline,
+    LTXImageToVideoPipeline,
+    LTXPipeline,
+    StableVideoDiffusionPipeline,
+    WanImageToVideoPipeline,
+)
+from PIL import Image
+
+from api.common.models import Weights
+from api.common.pipelines import load_pipeline
+from api.videos.registry import VideoMode, VideoModel
+
+Progress = Callable[[int, int], None]
+
+# SVD decodes this many frames at a time (diffusers' SVD guide): all 25 at once needs several
+# times the memory for little gain.
+SVD_DECODE_CHUNK_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class Family:
+    """How a family loads: its pipeline class per mode (the first loads the weights, the
+    others share its components), the components kept in float32 on the GPU (as diffusers'
+    docs load them), and whether optimize_low_vram offloads groups of layers rather than
+    whole models (a model that doesn't fit a 24 GB card even alone)."""
+
+    pipelines: dict[VideoMode, type[DiffusionPipeline]]
+    float32: tuple[str, ...] = ()
+    group_offload: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "svd": Family({VideoMode.image_to_video: StableVideoDiffusionPipeline}),
+    "cogvideox": Family({VideoMode.image_to_video: CogVideoXImageToVideoPipeline}),
+    "ltx": Family(
+        {VideoMode.text_to_video: LTXPipeline, VideoMode.image_to_video: LTXImageToVideoPipeline}
+    ),
+    # Wan 2.1 I2V 14B: a 14 B transformer (28 GB in bf16) plus UMT5-XXL (11 GB). diffusers'
+    # Wan docs load the VAE and the CLIP image encoder in float32.
+    "wan": Family(
+        {VideoMode.image_to_video: WanImageToVideoPipeline},
+        float32=("vae", "image_encoder"),
+        group_offload=True,
+    ),
+}
+
+
+@dataclass
+class LoadedVideoModel:
+    """One model's pipeline, and the other modes' pipelines sharing its components."""
+
+    base: DiffusionPipeline
+    family: Family
+    device: str
+    low_vram: bool
+    pipelines: dict[VideoMode, DiffusionPipeline] = field(default_factory=dict)
+
+    def pipeline(self, mode: VideoMode) -> DiffusionPipeline:
+        """The mode's pipeline (LTX: text→video loads, image→video shares its components),
+        with a scheduler of its own: schedulers keep state between calls. (from_pipe casts
+        every shared component to ``dtype``, float32 unless told.)"""
+        if mode not in self.pipelines:
+            scheduler = type(self.base.scheduler).from_config(self.base.scheduler.config)
+            pipe = self.family.pipelines[mode].from_pipe(
+                self.base, scheduler=scheduler, dtype=self.base.dtype
+            )
+            if self.low_vram:
+                pipe.enable_model_cpu_offload(device=self.device)
+            pipe.set_progress_bar_config(disable=True)
+            self.pipelines[mode] = pipe
+        return self.pipelines[mode]
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """float32 on the CPU; bf16 on GPUs that have it (what these models were trained in),
+    else fp16."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load(
+    model: VideoModel,
+    weights: Weights,
+    device: str,
+    low_vram: bool,
+    dtype: torch.dtype | None = None,
+) -> LoadedVideoModel:
+    """``from_pretrained`` exactly as for downloaded weights. On CUDA: straight onto the device
+    (or, with ``low_vram``, offloaded to the CPU: whole models, or groups of layers for Wan),
+    VAE tiling and slicing on where the VAE has them. Call inside
+    ``common.models.building_models(device)`` (``ModelCache.get`` does)."""
+    family = FAMILIES[model.family]
+    on_gpu = device.startswith("cuda")
+    kwargs: dict[str, Any] = {"dtype": dtype or default_dtype(device)}
+    if on_gpu and _has_variant(model, weights):
+        kwargs["variant"] = model.variant  # half the bytes to read (or download)
+    resident = on_gpu and not low_vram
+    for name in family.float32:
+        kwargs[name] = _load_float32(weights.location, name, device if resident else None)
+    if resident:
+        kwargs["device_map"] = "cuda"
+    base_mode, base_class = next(iter(family.pipelines.items()))
+    pipe = load_pipeline(base_class, weights.location, device, **kwargs)
+    if on_gpu:
+        for feature in ("tiling", "slicing"):  # only VAEs that implement it have the switch
+            if hasattr(pipe.vae, f"use_{feature}"):
+                getattr(pipe.vae, f"enable_{feature}")()
+    if on_gpu and low_vram and family.group_offload:
+        # Layer by layer, the next one copied in while the current one runs (diffusers'
+        # memory guide for Wan 14B); the small VAE stays on the GPU.
+        pipe.enable_group_offload(
+            onload_device=torch.device(device),
+            offload_type="leaf_level",
+            use_stream=True,
+            exclude_modules=["vae"],
+        )
+    elif on_gpu and low_vram:
+        pipe.enable_model_cpu_offload(device=device)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedVideoModel(pipe, family, device, low_vram, {base_mode: pipe})
+
+
+def _has_variant(model: VideoModel, weights: Weights) -> bool:
+    """Whether to load the repo's half-precision files: a download fetches only those; a local
+    copy uses them where it has them (a full-precision-only copy loads as it is)."""
+    if model.variant is None:
+        return False
+    if weights.source == "download":
+        return True
+    return any(Path(weights.location).glob(f"*/*.{model.variant}.safetensors"))
+
+
+def _load_float32(location: str, name: str, device: str | None) -> Any:
+    """The pipeline component ``name`` (its class from model_index.json) in float32, on
+    ``device`` (None: left on the CPU, for the CPU or for the offloading to place)."""
+    library, class_name = DiffusionPipeline.load_config(location)[name]
+    component_class = getattr(importlib.import_module(library), class_name)
+    component = component_class.from_pretrained(location, subfolder=name, dtype=torch.float32)
+    return component if device is None else component.to(device)
+
+
+def generate(
+    pipe: DiffusionPipeline,
+    image: Image.Image | None,
+    prompt: str,
+    negative_prompt: str | None,
+    width: int,
+    height: int,
+    frames: int,
+    steps: int,
+    guidance_scale: float,
+    seed: int,
+    fps: float,
+    progress: Progress,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Run the pipeline: image→video from ``image`` (resized to width x height), text→video
+    without one. ``frames`` must be a valid count for the model (registry.valid_frames).
+    ``progress(step, total)`` is called after each denoising step; an exception it raises
+    (a cancelled job) stops the run and propagates. Returns the frames as uint8 RGB
+    (frames, height, width, 3) and the timings."""
+    started = time.perf_counter()
+    accepted = inspect.signature(pipe.__call__).parameters
+
+    def on_step_end(pipeline: DiffusionPipeline, step: int, timestep: Any, tensors: dict) -> dict:
+        progress(step + 1, pipeline.num_timesteps)
+        return tensors
+
+    arguments: dict[str, Any] = {
+        "width": width,
+        "height": height,
+        "num_frames": frames,
+        "num_inference_steps": steps,
+        "generator": torch.Generator("cpu").manual_seed(seed),
+        "callback_on_step_end": on_step_end,
+        "output_type": "pt",  # to 8 bits where the frames are (the GPU), not in numpy
+    }
+    if image is not None:
+        image = image.convert("RGB")
+        arguments["image"] = (
+            image if image.size == (width, height) else image.resize((width, height), Image.LANCZOS)
+        )
+    if "prompt" in accepted:  # SVD takes none
+        arguments.update(prompt=prompt, negative_prompt=negative_prompt or None)
+    # SVD ramps its guidance from 1 on the first frame to max_guidance_scale on the last.
+    guidance = "guidance_scale" if "guidance_scale" in accepted else "max_guidance_scale"
+    arguments[guidance] = guidance_scale
+    for rate in ("fps", "frame_rate"):  # SVD and LTX are conditioned on the frame rate
+        if rate in accepted:
+            arguments[rate] = fps
+    if "decode_chunk_size" in accepted:
+        arguments["decode_chunk_size"] = SVD_DECODE_CHUNK_FRAMES
+    video = pipe(**arguments).frames[0]  # (frames, channels, height, width) in [0, 1]
+    pixels = (video.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return pixels, {"inference_s": time.perf_counter() - started}

@@ -1,6 +1,7 @@
 """Qwen2.5-VL chat at the model level (no HTTP), on the tiny model: images anywhere in the
 conversation, video, multi-turn, seeds and greedy decoding, progress, cancel, token counts."""
 
+from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,17 @@ def test_large_images_are_capped(qwen_vl: QwenVL) -> None:
     assert usage.prompt_tokens - _ask(qwen_vl, _describe(RED), max_tokens=1)[1].prompt_tokens == (
         35 * 35 - 4
     )
+
+
+def test_images_of_any_size_and_mode_but_not_too_narrow(qwen_vl: QwenVL) -> None:
+    for image in (_image(RED, (1, 1)), Image.new("RGBA", (3, 300)), Image.new("L", (300, 3))):
+        messages = [{"role": "user", "content": [{"type": "image", "image": image}]}]
+        assert _ask(qwen_vl, messages, max_tokens=1)[1].completion_tokens == 1
+    for size in ((1, 300), (1000, 4)):
+        messages = [{"role": "user", "content": [{"type": "image", "image": _image(RED, size)}]}]
+        with pytest.raises(JobFailure, match=f"{size[0]}x{size[1]} is too narrow") as failure:
+            _ask(qwen_vl, messages)
+        assert failure.value.type == "invalid_input"
 
 
 def test_image_in_an_earlier_message(qwen_vl: QwenVL) -> None:
@@ -202,6 +214,21 @@ def test_sampling_leaves_global_random_state_alone(qwen_vl: QwenVL) -> None:
     torch.manual_seed(123)
     _ask(qwen_vl, _describe(RED), temperature=1.0, seed=5)
     assert torch.rand(3).equal(expected)
+
+
+def test_sampling_in_two_threads_at_once(qwen_vl: QwenVL, tiny_text_models: Path) -> None:
+    """Two devices' runner threads, each with its own model, sample at the same time: each
+    answer is the one its seed gives alone."""
+    from api.texts.models.qwen_vl import load
+
+    other = load(str(tiny_text_models / "qwen-2.5-vl"), "cpu")
+    messages = _describe(RED)
+    alone = {seed: _ask(qwen_vl, messages, temperature=1.0, seed=seed) for seed in (1, 2)}
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            one = pool.submit(_ask, qwen_vl, messages, temperature=1.0, seed=1)
+            two = pool.submit(_ask, other, messages, temperature=1.0, seed=2)
+            assert (one.result(), two.result()) == (alone[1], alone[2])
 
 
 def test_progress_carries_the_text_so_far(qwen_vl: QwenVL) -> None:

@@ -40,6 +40,8 @@ from api.common.errors import JobFailure
 IMAGE_MAX_PIXELS = 1280 * 28 * 28
 VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
+# The processor refuses images and frames longer than this many times their width, or wider.
+MAX_ASPECT_RATIO = 200
 
 # progress(tokens generated, max_tokens, the answer's text so far); may raise to stop.
 Progress = Callable[[int, int, str], None]
@@ -180,10 +182,12 @@ def _conversation(
                 parts.append({"type": "text", "text": part["text"]})
             elif part["type"] == "image":
                 image = part["image"]
+                _check_aspect_ratio("an image", *image.size)
                 rgb = image if image.mode == "RGB" else image.convert("RGB")
                 parts.append({"type": "image", "image": rgb})
             elif part["type"] == "video":
                 frames = _frames_array(part["frames"])
+                _check_aspect_ratio("a video", frames.shape[2], frames.shape[1])
                 parts.append({"type": "video", "video": frames})
                 # frames_indices: every frame given is used; sampled_fps is then ``fps``
                 count = len(frames)
@@ -198,6 +202,14 @@ def _conversation(
                 raise ValueError(f"unknown content part type {part['type']!r}")
         conversation.append({"role": message["role"], "content": parts})
     return conversation, videos
+
+
+def _check_aspect_ratio(what: str, width: int, height: int) -> None:
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise JobFailure(
+            f"{what} of {width}x{height} is too narrow: {MAX_ASPECT_RATIO}:1 at most",
+            type="invalid_input",
+        )
 
 
 def _frames_array(frames: Sequence[Image.Image] | np.ndarray) -> np.ndarray:

@@ -1,20 +1,19 @@
 """Tiny random-weight stand-ins for the text models the server serves.
 
-``qwen-2.5-vl`` is a ``Qwen2_5_VLForConditionalGeneration`` and its ``Qwen2_5_VLProcessor``, each
-written with ``save_pretrained`` in the layout of Qwen/Qwen2.5-VL-3B-Instruct (config.json,
-generation_config.json, model.safetensors, the processor's configs, tokenizer.json and
-tokenizer_config.json, chat_template.jinja), so ``models/qwen_vl.py`` loads it with the same
-``from_pretrained`` calls as the real weights. The architecture is the real one (windowed vision
-transformer with 14-px patches, 2x2 patch merger, temporal patches of 2 frames, multimodal RoPE,
-tied embeddings) at a few dozen channels and two layers each.
+``qwen-2.5-vl`` is a ``Qwen2_5_VLForConditionalGeneration`` with its tokenizer, image processor and
+chat template, each written with ``save_pretrained`` in the files of Qwen/Qwen2.5-VL-3B-Instruct
+(config.json, generation_config.json, model.safetensors, preprocessor_config.json,
+tokenizer.json, tokenizer_config.json, chat_template.json), so ``AutoProcessor`` and
+``models/qwen_vl.py`` load it through the same code as the real weights. The architecture is the
+real one (windowed vision transformer with 14-px patches, 2x2 patch merger, temporal patches of 2
+frames, multimodal RoPE, tied embeddings) at a few dozen channels and two layers each; the image
+settings are the real repository's (its video processor takes them, as there).
 
 The tokenizer is a byte-level BPE like Qwen's: Qwen's pre-tokenizer regex, byte alphabet and
-special tokens (``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``, ``<|vision_start|>``,
-``<|image_pad|>``, ...) in Qwen's order after the vocabulary, merges learnt in memory from a small
-corpus, and Qwen2-VL's chat template. The image and video processors keep Qwen's settings
-(patch 14, merge 2, CLIP normalisation) with fewer pixels per image and frame, so an image costs
-at most 64 tokens and a video frame pair 16. Everything is built offline from fixed seeds:
-building twice gives byte-identical files.
+added tokens (``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>``, ``<|vision_start|>``,
+``<|image_pad|>``, ``<|video_pad|>``, ...) in Qwen's order after the vocabulary, merges learnt in
+memory from a small corpus (with the image models' BPE helpers), and Qwen2.5-VL's chat template.
+Everything is built offline from fixed seeds: building twice gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -203,6 +202,7 @@ def _model(name: str, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGene
     )
     _seed(name, "model")
     model = Qwen2_5_VLForConditionalGeneration(config)
+    # the real repository's: ends at <|im_end|> or <|endoftext|>, near-greedy, penalty 1.05
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
         pad_token_id=ids["<|endoftext|>"],

@@ -97,20 +97,37 @@ def _corpus_words() -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _byte_alphabet() -> list[str]:
-    """CLIP's byte-level alphabet: one printable character per byte value, in CLIP's order."""
-    printable = [
+def _printable_bytes() -> list[int]:
+    """The bytes that byte-level BPE (GPT-2, CLIP, Qwen) writes as themselves."""
+    return [
         *range(ord("!"), ord("~") + 1),
         *range(ord("¡"), ord("¬") + 1),
         *range(ord("®"), ord("ÿ") + 1),
     ]
+
+
+def _byte_alphabet() -> list[str]:
+    """The byte-level alphabet: one printable character per byte value, in the order of the
+    vocabularies of CLIP, GPT-2 and Qwen (the printable bytes first)."""
+    printable = _printable_bytes()
     # The other bytes map, in byte order, to the code points right after U+00FF.
     return [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
 
 
-def _learn_bpe_merges(words: list[str]) -> list[tuple[str, str]]:
-    """Greedy BPE over the corpus words until each is a single symbol; ties break by pair."""
-    splits = [(*word[:-1], word[-1] + "</w>") for word in words]
+def _byte_level(text: str) -> str:
+    """``text``'s UTF-8 bytes in the byte-level alphabet, as byte-level BPE sees them
+    (a space becomes "Ġ")."""
+    printable = set(_printable_bytes())
+    others = [b for b in range(256) if b not in printable]
+    characters = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    return "".join(characters[b] for b in text.encode())
+
+
+def _learn_bpe_merges(words: list[str], end_of_word: str = "</w>") -> list[tuple[str, str]]:
+    """Greedy BPE over the corpus words until each is a single symbol; ties break by pair.
+    ``end_of_word`` marks a word's last symbol (CLIP's "</w>"; GPT-2-style vocabularies
+    have none and mark a word's start with "Ġ" instead)."""
+    splits = [(*word[:-1], word[-1] + end_of_word) for word in words]
     merges: list[tuple[str, str]] = []
     while True:
         counts: dict[tuple[str, str], int] = {}

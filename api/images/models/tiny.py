@@ -9,18 +9,9 @@ CPU. Everything is built offline: tokenizers are generated in memory and weights
 per-component seeds, so building twice gives byte-identical files.
 """
 
-import json
-import shutil
-import string
-import tempfile
-import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
-import torch
-import transformers
 from diffusers import (
     AutoencoderKL,
     DiffusionPipeline,
@@ -41,12 +32,19 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
-    T5Config,
-    T5EncoderModel,
-    T5Tokenizer,
 )
 
-from api.common.models import TINY_MARKER
+from api.common.tiny import (
+    TinyModel,
+    byte_alphabet,
+    corpus_words,
+    learn_bpe_merges,
+    saved_pipeline,
+    seed,
+    t5_text_encoder,
+    t5_tokenizer,
+    write_tiny_models,
+)
 
 TINY_IMAGE_MODELS: dict[str, str] = {
     "sd1.5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -59,37 +57,10 @@ TINY_IMAGE_MODELS: dict[str, str] = {
     "flux-schnell": "black-forest-labs/FLUX.1-schnell",
 }
 
-# Words the tokenizers know as whole tokens; anything else falls back to smaller pieces.
-_CORPUS = """
-a an the of on in at with and to by from for into over under near behind
-photo photograph picture image painting drawing illustration render portrait landscape
-close up closeup wide shot view detailed highly realistic photorealistic cinematic lighting
-soft hard light dark bright night day sunset sunrise morning evening golden hour
-cat cats dog dogs horse bird fish animal person man woman child girl boy people face
-astronaut robot car house city street forest mountain mountains river lake sea ocean beach
-sky cloud clouds sun moon star stars snow rain tree trees flower flowers garden field
-red orange yellow green blue purple pink black white gray brown colorful
-sitting standing running walking flying riding holding wearing looking
-small large big tiny old young beautiful cute happy sad
-style art artwork digital oil watercolor sketch anime cartoon 3d 4k 8k hd
-quality best masterpiece high low resolution sharp focus blurry bokeh depth field
-background foreground table chair window door room wall floor
-"""
 
 _CLIP_BOS = "<|startoftext|>"
 _CLIP_EOS = "<|endoftext|>"
-_T5_EXTRA_IDS = 100
 _CLIP_MAX_LENGTH = 77
-_T5_MAX_LENGTH = 512  # as the real T5 tokenizers of SD3 and Flux
-
-
-def _seed(model: str, component: str) -> None:
-    """Seed torch from the model and component names (stable across runs and processes)."""
-    torch.manual_seed(zlib.crc32(f"{model}/{component}".encode()))
-
-
-def _corpus_words() -> list[str]:
-    return list(dict.fromkeys(_CORPUS.split()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,67 +68,10 @@ def _corpus_words() -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _printable_bytes() -> list[int]:
-    """The bytes that byte-level BPE (GPT-2, CLIP, Qwen) writes as themselves."""
-    return [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-
-
-def _byte_alphabet() -> list[str]:
-    """The byte-level alphabet: one printable character per byte value, in the order of the
-    vocabularies of CLIP, GPT-2 and Qwen (the printable bytes first)."""
-    printable = _printable_bytes()
-    # The other bytes map, in byte order, to the code points right after U+00FF.
-    return [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
-
-
-def _byte_level(text: str) -> str:
-    """``text``'s UTF-8 bytes in the byte-level alphabet, as byte-level BPE sees them
-    (a space becomes "Ġ")."""
-    printable = set(_printable_bytes())
-    others = [b for b in range(256) if b not in printable]
-    characters = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
-    return "".join(characters[b] for b in text.encode())
-
-
-def _learn_bpe_merges(words: list[str], end_of_word: str = "</w>") -> list[tuple[str, str]]:
-    """Greedy BPE over the corpus words until each is a single symbol; ties break by pair.
-    ``end_of_word`` marks a word's last symbol (CLIP's "</w>"; GPT-2-style vocabularies
-    have none and mark a word's start with "Ġ" instead)."""
-    splits = [(*word[:-1], word[-1] + end_of_word) for word in words]
-    merges: list[tuple[str, str]] = []
-    while True:
-        counts: dict[tuple[str, str], int] = {}
-        for symbols in splits:
-            for pair in zip(symbols, symbols[1:], strict=False):
-                counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            return merges
-        best = min(counts, key=lambda pair: (-counts[pair], pair))
-        merges.append(best)
-        splits = [_apply_merge(symbols, best) for symbols in splits]
-
-
-def _apply_merge(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
-    merged: list[str] = []
-    i = 0
-    while i < len(symbols):
-        if symbols[i : i + 2] == pair:
-            merged.append(pair[0] + pair[1])
-            i += 2
-        else:
-            merged.append(symbols[i])
-            i += 1
-    return tuple(merged)
-
-
 def _clip_tokenizer(pad_token: str = _CLIP_EOS) -> CLIPTokenizer:
     """A CLIP BPE tokenizer laid out like openai/clip: bytes, bytes + </w>, merges, specials."""
-    alphabet = _byte_alphabet()
-    merges = _learn_bpe_merges(_corpus_words())
+    alphabet = byte_alphabet()
+    merges = learn_bpe_merges(corpus_words())
     vocab: dict[str, int] = {}
     for token in [*alphabet, *(c + "</w>" for c in alphabet), *(a + b for a, b in merges)]:
         vocab.setdefault(token, len(vocab))
@@ -166,16 +80,6 @@ def _clip_tokenizer(pad_token: str = _CLIP_EOS) -> CLIPTokenizer:
     return CLIPTokenizer(
         vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=_CLIP_MAX_LENGTH
     )
-
-
-def _t5_tokenizer(model_max_length: int = _T5_MAX_LENGTH) -> T5Tokenizer:
-    """A T5-style Unigram tokenizer: <pad>=0, </s>=1, <unk>=2, pieces, then reversed sentinels."""
-    characters = string.ascii_letters + string.digits + ".,;:!?'\"()-_/&+*=%#@"
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
-    pieces += [("▁" + word, -6.0) for word in _corpus_words()]
-    pieces += [(character, -10.0) for character in characters]
-    pieces += [(f"<extra_id_{i}>", 0.0) for i in reversed(range(_T5_EXTRA_IDS))]
-    return T5Tokenizer(vocab=pieces, extra_ids=_T5_EXTRA_IDS, model_max_length=model_max_length)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,28 +108,9 @@ def _clip_text_encoder(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    _seed(model, component)
+    seed(model, component)
     model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
     return model_class(config)
-
-
-def _t5_text_encoder(
-    model: str, component: str, tokenizer: T5Tokenizer, *, d_model: int
-) -> T5EncoderModel:
-    """Encoder of a T5 v1.1 (gated-gelu feed-forward), like t5-v1_1-xxl."""
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=d_model,
-        d_kv=8,
-        d_ff=d_model * 2,
-        num_layers=2,
-        num_heads=d_model // 8,
-        feed_forward_proj="gated-gelu",
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    _seed(model, component)
-    return T5EncoderModel(config)
 
 
 def _vae(
@@ -237,7 +122,7 @@ def _vae(
 ) -> AutoencoderKL:
     """Four levels like the real VAEs (scale factor 8); 16-channel ones drop the quant convs."""
     has_quant_convs = latent_channels == 4
-    _seed(model, "vae")
+    seed(model, "vae")
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -258,7 +143,7 @@ def _vae(
 def _sdxl_unet(model: str, *, cross_attention_dim: int, add_time_ids: int) -> UNet2DConditionModel:
     """SDXL-style UNet: linear projections and "text_time" conditioning on pooled text + sizes."""
     addition_time_embed_dim = 8
-    _seed(model, "unet")
+    seed(model, "unet")
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -302,7 +187,7 @@ def _sdxl_vae(model: str) -> AutoencoderKL:
 def _stable_diffusion(model: str) -> DiffusionPipeline:
     tokenizer = _clip_tokenizer()
     text_encoder = _clip_text_encoder(model, "text_encoder", tokenizer, with_projection=False)
-    _seed(model, "unet")
+    seed(model, "unet")
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -375,14 +260,14 @@ def _stable_diffusion_3(
 ) -> DiffusionPipeline:
     tokenizer = _clip_tokenizer()
     tokenizer_2 = _clip_tokenizer(pad_token="!")
-    tokenizer_3 = _t5_tokenizer()
+    tokenizer_3 = t5_tokenizer()
     text_encoder = _clip_text_encoder(model, "text_encoder", tokenizer, with_projection=True)
     text_encoder_2 = _clip_text_encoder(
         model, "text_encoder_2", tokenizer_2, with_projection=True, hidden_act="gelu"
     )
     # T5 width 64 holds the two CLIP hidden states side by side (as 4096 holds 768 + 1280).
-    text_encoder_3 = _t5_text_encoder(model, "text_encoder_3", tokenizer_3, d_model=64)
-    _seed(model, "transformer")
+    text_encoder_3 = t5_text_encoder(model, "text_encoder_3", tokenizer_3, d_model=64)
+    seed(model, "transformer")
     transformer = SD3Transformer2DModel(
         sample_size=8,
         patch_size=2,
@@ -417,10 +302,10 @@ def _stable_diffusion_3_5(model: str) -> DiffusionPipeline:
 
 def _flux_schnell(model: str) -> DiffusionPipeline:
     tokenizer = _clip_tokenizer()
-    tokenizer_2 = _t5_tokenizer()
+    tokenizer_2 = t5_tokenizer()
     text_encoder = _clip_text_encoder(model, "text_encoder", tokenizer, with_projection=False)
-    text_encoder_2 = _t5_text_encoder(model, "text_encoder_2", tokenizer_2, d_model=32)
-    _seed(model, "transformer")
+    text_encoder_2 = t5_text_encoder(model, "text_encoder_2", tokenizer_2, d_model=32)
+    seed(model, "transformer")
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=64,  # 16 latent channels packed 2x2
@@ -453,23 +338,6 @@ def _flux_schnell(model: str) -> DiffusionPipeline:
     )
 
 
-# Builds a model's files into the given (empty) folder.
-Builder = Callable[[str, Path], None]
-
-
-@dataclass(frozen=True)
-class TinyModel:
-    imitates: str  # the real repo id
-    build: Builder
-
-
-def _saved_pipeline(make: Callable[[str], DiffusionPipeline]) -> Builder:
-    def build(name: str, folder: Path) -> None:
-        make(name).save_pretrained(folder, safe_serialization=True)
-
-    return build
-
-
 _PIPELINE_BUILDERS: dict[str, Callable[[str], DiffusionPipeline]] = {
     "sd1.5": _stable_diffusion,
     "sdxl": _stable_diffusion_xl,
@@ -488,7 +356,7 @@ def tiny_models() -> dict[str, TinyModel]:
     from api.images.models import tiny_adapters, tiny_tasks
 
     models = {
-        name: TinyModel(TINY_IMAGE_MODELS[name], _saved_pipeline(make))
+        name: TinyModel(TINY_IMAGE_MODELS[name], saved_pipeline(make))
         for name, make in _PIPELINE_BUILDERS.items()
     }
     return models | tiny_adapters.TINY_MODELS | tiny_tasks.TINY_MODELS
@@ -499,58 +367,9 @@ def tiny_models() -> dict[str, TinyModel]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_model(models_dir: Path, name: str, model: TinyModel) -> None:
-    """Build into a temporary folder beside the target, then swap it into place."""
-    target = models_dir / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=models_dir))
-    staging.chmod(0o755)
-    try:
-        # Builders seed torch's global generator; keep the caller's random state untouched.
-        with torch.random.fork_rng(devices=[]):
-            model.build(name, staging)
-        marker = {
-            "built_by": "deferred-diffusion tiny-models",
-            "imitates": model.imitates,
-            "model": name,
-            "tiny": True,
-        }
-        (staging / TINY_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=models_dir))
-            target.rename(retired / name)
-            staging.rename(target)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def build_tiny_image_models(models_dir: Path, names: Iterable[str] | None = None) -> list[str]:
     """Write a tiny random-weight copy of each named image model into models_dir/<name>/.
 
     ``names`` defaults to every tiny model (``tiny_models()``). Returns the names written.
     """
     return write_tiny_models(models_dir, tiny_models(), names, "image")
-
-
-def write_tiny_models(
-    models_dir: Path, known: dict[str, TinyModel], names: Iterable[str] | None, kind: str
-) -> list[str]:
-    """Write each named model of ``known`` (default: all) into models_dir/<name>/, marked as
-    tiny; ``kind`` names them in the error for an unknown name. Returns the names written."""
-    selected = list(known if names is None else names)
-    unknown = [name for name in selected if name not in known]
-    if unknown:
-        raise ValueError(f"unknown tiny {kind} models: {unknown}; known: {list(known)}")
-    models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    diffusers.utils.logging.disable_progress_bar()  # no "Writing model shards" bars
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        for name in selected:
-            _write_model(models_dir, name, known[name])
-    finally:
-        diffusers.utils.logging.enable_progress_bar()
-        transformers.utils.logging.enable_progress_bar()
-    return selected

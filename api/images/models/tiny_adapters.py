@@ -31,12 +31,8 @@ from diffusers import (
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from api.images.models.tiny import (
-    TinyModel,
-    _sdxl_unet,
-    _seed,
-    _stable_diffusion,
-)
+from api.common.tiny import TinyModel, seed
+from api.images.models.tiny import _sdxl_unet, _stable_diffusion
 from api.images.registry import (
     CONTROLNETS,
     IP_ADAPTER_IMAGE_ENCODER,
@@ -77,7 +73,7 @@ def _make_it_steer(controlnet: torch.nn.Module, name: str) -> None:
     """Random weights barely steer: the zeroed output layers pass nothing, and the control
     image's convolutional encoder (default init) shrinks its signal a thousandfold. So the
     zeroed layers get small random values and that encoder variance-keeping (Kaiming) ones."""
-    _seed(name, "steer")
+    seed(name, "steer")
     hint = getattr(controlnet, "controlnet_cond_embedding", None) or getattr(
         controlnet, "input_hint_block", None
     )
@@ -103,7 +99,7 @@ def _unet_controlnet(family: str) -> Callable[[str, Path], None]:
 
 def _sd3_controlnet(name: str, folder: Path) -> None:
     """InstantX's SD3 ControlNets: fewer joint blocks than the transformer, same widths."""
-    _seed(name, "controlnet")
+    seed(name, "controlnet")
     controlnet = SD3ControlNetModel(
         sample_size=8,
         patch_size=2,
@@ -124,7 +120,7 @@ def _sd3_controlnet(name: str, folder: Path) -> None:
 def _flux_controlnet(name: str, folder: Path) -> None:
     """XLabs' Flux ControlNets: a convolutional hint block (control image → 16 channels at 1/8,
     2x2 patches = the packed latents' 64), two double-stream blocks, guidance embedding."""
-    _seed(name, "controlnet")
+    seed(name, "controlnet")
     controlnet = FluxControlNetModel(
         patch_size=2,
         in_channels=64,
@@ -211,7 +207,7 @@ def _ip_layers(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
 
 
 def _ip_adapter(name: str, folder: Path) -> None:
-    _seed(name, "image_encoder")
+    seed(name, "image_encoder")
     encoder = CLIPVisionModelWithProjection(
         CLIPVisionConfig(
             hidden_size=_ENCODER_WIDTH,
@@ -228,7 +224,7 @@ def _ip_adapter(name: str, folder: Path) -> None:
     unets = {family: make(name) for family, make in _UNETS.items()}
     for (family, kind), (subfolder, weight_name) in IP_ADAPTERS.items():
         unet = unets[family]
-        _seed(name, f"{subfolder}/{weight_name}")
+        seed(name, f"{subfolder}/{weight_name}")
         cross_attention_dim = unet.config.cross_attention_dim
         projection = (
             _image_projection(cross_attention_dim)

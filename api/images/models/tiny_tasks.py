@@ -47,13 +47,8 @@ from transformers import (
     SwinConfig,
 )
 
-from api.images.models.tiny import (
-    TinyModel,
-    _clip_text_encoder,
-    _clip_tokenizer,
-    _corpus_words,
-    _seed,
-)
+from api.common.tiny import TinyModel, corpus_words, seed
+from api.images.models.tiny import _clip_text_encoder, _clip_tokenizer
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -69,7 +64,7 @@ def _upscaler(name: str, folder: Path) -> None:
     text_encoder = _clip_text_encoder(
         name, "text_encoder", tokenizer, with_projection=False, hidden_act="gelu"
     )
-    _seed(name, "unet")
+    seed(name, "unet")
     unet = UNet2DConditionModel(
         sample_size=32,
         in_channels=7,  # 4 latent channels + the 3-channel noised low-res image
@@ -83,7 +78,7 @@ def _upscaler(name: str, folder: Path) -> None:
         use_linear_projection=True,
         num_class_embeds=1000,  # the noise level is the class label
     )
-    _seed(name, "vae")
+    seed(name, "vae")
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -153,7 +148,7 @@ def _depth_anything(name: str, folder: Path) -> None:
         head_hidden_size=8,
         depth_estimation_type="relative",
     )
-    _seed(name, "model")
+    seed(name, "model")
     DepthAnythingForDepthEstimation(config).save_pretrained(folder, safe_serialization=True)
     DPTImageProcessor(
         do_resize=True,
@@ -182,7 +177,7 @@ def _bert_vocab() -> dict[str, int]:
     tokens += ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokens += [f"[unused{i}]" for i in range(99, 99 + 999 - len(tokens))]
     tokens += [chr(c) for c in range(ord("!"), ord("~") + 1) if not chr(c).isupper()]
-    tokens += [w for w in _corpus_words() if w not in tokens]
+    tokens += [w for w in corpus_words() if w not in tokens]
     tokens += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     return {token: index for index, token in enumerate(tokens)}
 
@@ -223,7 +218,7 @@ def _grounding_dino(name: str, folder: Path) -> None:
         decoder_n_points=2,
         max_text_len=256,
     )
-    _seed(name, "model")
+    seed(name, "model")
     GroundingDinoForObjectDetection(config).save_pretrained(folder, safe_serialization=True)
     image_processor = GroundingDinoImageProcessor(
         size={"shortest_edge": 800, "longest_edge": 1333},
@@ -267,7 +262,7 @@ def _segment_anything(name: str, folder: Path) -> None:
             iou_head_hidden_dim=16,
         ),
     )
-    _seed(name, "model")
+    seed(name, "model")
     SamModel(config).save_pretrained(folder, safe_serialization=True)
     image_processor = SamImageProcessor(
         size={"longest_edge": _SAM_SIZE},

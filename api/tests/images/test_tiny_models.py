@@ -15,12 +15,9 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import AutoTokenizer, CLIPTokenizer, T5Tokenizer
 
-from api.images.models.tiny import (
-    TINY_IMAGE_MODELS,
-    TINY_MARKER,
-    build_tiny_image_models,
-    tiny_models,
-)
+from api.common.models import TINY_MARKER
+from api.images.domain import IMAGES
+from api.images.models.tiny import TINY_IMAGE_MODELS, build_tiny_image_models, tiny_models
 
 PROMPT = "a photo of a cat"
 
@@ -240,3 +237,9 @@ def test_task_models_layout_and_size(models_dir: Path) -> None:
         for path in weights:
             with safe_open(path, "pt") as tensors:
                 assert all(tensors.get_slice(k).get_dtype() == "F32" for k in tensors.keys())
+
+
+def test_the_domain_names_every_tiny_model_it_reads():
+    """tiny-models --only checks names against the domain's list, without importing the
+    builders: the list must be exactly what the builders write."""
+    assert set(IMAGES.tiny_model_names) == set(tiny_models())

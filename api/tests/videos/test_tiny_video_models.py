@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from api.images.models.tiny import TINY_MARKER
+from api.common.models import TINY_MARKER
 from api.videos.models.tiny import build_tiny_video_models, tiny_video_models
 from api.videos.registry import VIDEO_MODELS
 

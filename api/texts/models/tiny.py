@@ -32,14 +32,14 @@ from transformers import (
     Qwen2VLImageProcessor,
 )
 
-from api.images.models.tiny import (
+from api.common.tiny import (
     TinyModel,
-    _byte_alphabet,
-    _byte_level,
-    _corpus_words,
-    _learn_bpe_merges,
-    _seed,
-    _write_model,
+    byte_alphabet,
+    byte_level,
+    corpus_words,
+    learn_bpe_merges,
+    seed,
+    write_model,
 )
 from api.texts.registry import TEXT_MODELS
 
@@ -109,12 +109,12 @@ _INITIALIZER_RANGE = 0.3
 
 
 def _qwen_tokenizer() -> Qwen2Tokenizer:
-    words = list(dict.fromkeys([*_corpus_words(), *_CHAT_CORPUS.split()]))
+    words = list(dict.fromkeys([*corpus_words(), *_CHAT_CORPUS.split()]))
     # Qwen's pre-tokenizer keeps a word's leading space: learn "Ġword" as well as "word".
-    pieces = [_byte_level(w) for w in words] + [_byte_level(" " + w) for w in words]
-    merges = _learn_bpe_merges(pieces, end_of_word="")
+    pieces = [byte_level(w) for w in words] + [byte_level(" " + w) for w in words]
+    merges = learn_bpe_merges(pieces, end_of_word="")
     vocab: dict[str, int] = {}
-    for token in [*_byte_alphabet(), *(a + b for a, b in merges)]:
+    for token in [*byte_alphabet(), *(a + b for a, b in merges)]:
         vocab.setdefault(token, len(vocab))
     for token in (*_SPECIAL_TOKENS, *_PLAIN_ADDED_TOKENS):
         vocab[token] = len(vocab)
@@ -200,7 +200,7 @@ def _model(name: str, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGene
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
-    _seed(name, "model")
+    seed(name, "model")
     model = Qwen2_5_VLForConditionalGeneration(config)
     # the real repository's: ends at <|im_end|> or <|endoftext|>, near-greedy, penalty 1.05
     model.generation_config = GenerationConfig(
@@ -246,7 +246,7 @@ def build_tiny_text_models(models_dir: Path, names: Iterable[str] | None = None)
     transformers.utils.logging.disable_progress_bar()
     try:
         for name in selected:
-            _write_model(models_dir, name, TINY_TEXT_MODELS[name])
+            write_model(models_dir, name, TINY_TEXT_MODELS[name])
     finally:
         transformers.utils.logging.enable_progress_bar()
     return selected

@@ -8,7 +8,7 @@ sizes (so the real size multiples and frame-count rules hold), the same conditio
 (CLIP image embeddings, T5/UMT5 text, CogVideoX 1.5's ofs embedding and temporal patches) and
 the same schedulers, at a few dozen channels: each folder is a few MB and 2 steps at the
 smallest valid size and frame count take a second or two on a CPU. Built offline and
-deterministically, with the image models' tokenizers and seeding (api.images.models.tiny).
+deterministically, with the shared tokenizers and seeding (api.common.tiny).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ from transformers import (
     UMT5EncoderModel,
 )
 
-from api.images.models.tiny import (
+from api.common.tiny import (
     TinyModel,
-    _saved_pipeline,
-    _seed,
-    _t5_text_encoder,
-    _t5_tokenizer,
+    saved_pipeline,
+    seed,
+    t5_text_encoder,
+    t5_tokenizer,
     write_tiny_models,
 )
 from api.videos.registry import VIDEO_MODELS
@@ -73,7 +73,7 @@ def _clip_vision(
         patch_size=patch_size,
         hidden_act="gelu",
     )
-    _seed(model, "image_encoder")
+    seed(model, "image_encoder")
     return model_class(config)
 
 
@@ -81,7 +81,7 @@ def _stable_video_diffusion(model: str) -> DiffusionPipeline:
     """SVD-XT: a spatio-temporal UNet on 4 latent + 4 image-latent channels, cross-attending to
     the CLIP image embedding and conditioned on (fps, motion bucket, noise strength); a VAE
     with 8x downsampling and a temporal decoder (GroupNorm: 32-channel multiples)."""
-    _seed(model, "unet")
+    seed(model, "unet")
     unet = UNetSpatioTemporalConditionModel(
         sample_size=8,
         in_channels=8,
@@ -96,7 +96,7 @@ def _stable_video_diffusion(model: str) -> DiffusionPipeline:
         projection_class_embeddings_input_dim=3 * 8,
         num_frames=25,
     )
-    _seed(model, "vae")
+    seed(model, "vae")
     vae = AutoencoderKLTemporalDecoder(
         down_block_types=("DownEncoderBlock2D",) * 4,
         block_out_channels=(32, 32, 32, 32),
@@ -137,9 +137,9 @@ def _cogvideox(model: str) -> DiffusionPipeline:
     (patch_size_t: latent frames padded to even), 3D RoPE sliced from a 300x300 grid, the ofs
     embedding, no patch bias; a causal 3D VAE with 8x spatial and 4x temporal compression
     whose latents are divided (not multiplied) by the scaling factor."""
-    tokenizer = _t5_tokenizer(model_max_length=226)
-    text_encoder = _t5_text_encoder(model, "text_encoder", tokenizer, d_model=_TEXT_WIDTH)
-    _seed(model, "transformer")
+    tokenizer = t5_tokenizer(model_max_length=226)
+    text_encoder = t5_text_encoder(model, "text_encoder", tokenizer, d_model=_TEXT_WIDTH)
+    seed(model, "transformer")
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2,
         attention_head_dim=16,  # RoPE splits each head 4/6/6 over frames/height/width
@@ -160,7 +160,7 @@ def _cogvideox(model: str) -> DiffusionPipeline:
         use_learned_positional_embeddings=False,
         patch_bias=False,
     )
-    _seed(model, "vae")
+    seed(model, "vae")
     vae = AutoencoderKLCogVideoX(
         block_out_channels=(8, 8, 8, 8),
         latent_channels=16,
@@ -197,9 +197,9 @@ def _ltx_video(model: str) -> DiffusionPipeline:
     """LTX-Video 0.9: 128 latent channels, 1x1x1 transformer patches; the VAE patchifies 4x4
     pixels then halves space and time three times (32x spatial, 8x temporal). One folder
     (LTXPipeline, as the real repo) serves text→video and, through from_pipe, image→video."""
-    tokenizer = _t5_tokenizer(model_max_length=128)
-    text_encoder = _t5_text_encoder(model, "text_encoder", tokenizer, d_model=_TEXT_WIDTH)
-    _seed(model, "transformer")
+    tokenizer = t5_tokenizer(model_max_length=128)
+    text_encoder = t5_text_encoder(model, "text_encoder", tokenizer, d_model=_TEXT_WIDTH)
+    seed(model, "transformer")
     transformer = LTXVideoTransformer3DModel(
         in_channels=128,
         out_channels=128,
@@ -212,7 +212,7 @@ def _ltx_video(model: str) -> DiffusionPipeline:
         caption_channels=_TEXT_WIDTH,
         qk_norm="rms_norm_across_heads",
     )
-    _seed(model, "vae")
+    seed(model, "vae")
     vae = AutoencoderKLLTXVideo(
         latent_channels=128,
         block_out_channels=(8, 8, 8, 8),
@@ -249,8 +249,8 @@ def _wan(model: str) -> DiffusionPipeline:
     """Wan 2.1 I2V: 16 noise + 4 mask + 16 image-latent channels in, 1x2x2 patches, UMT5 text
     (512 tokens) and the CLIP image tokens through added key/value projections; the causal 3D
     VAE compresses 8x in space and 4x in time; UniPC on flow sigmas (shift 3 for 480P)."""
-    tokenizer = _t5_tokenizer(model_max_length=512)
-    _seed(model, "text_encoder")
+    tokenizer = t5_tokenizer(model_max_length=512)
+    seed(model, "text_encoder")
     text_encoder = UMT5EncoderModel(
         UMT5Config(
             vocab_size=len(tokenizer),
@@ -266,7 +266,7 @@ def _wan(model: str) -> DiffusionPipeline:
     )
     image_encoder = _clip_vision(model, CLIPVisionModel, image_size=32, patch_size=8)
     heads, head_width = 2, 12  # RoPE splits each head 4/4/4 over frames/height/width
-    _seed(model, "transformer")
+    seed(model, "transformer")
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=heads,
@@ -284,7 +284,7 @@ def _wan(model: str) -> DiffusionPipeline:
         added_kv_proj_dim=heads * head_width,
         rope_max_seq_len=1024,
     )
-    _seed(model, "vae")
+    seed(model, "vae")
     vae = AutoencoderKLWan(
         base_dim=8,
         z_dim=16,
@@ -322,7 +322,7 @@ _PIPELINE_BUILDERS = {
 def tiny_video_models() -> dict[str, TinyModel]:
     """Every local video model's tiny stand-in, by model name."""
     return {
-        name: TinyModel(VIDEO_MODELS[name].repo, _saved_pipeline(make))
+        name: TinyModel(VIDEO_MODELS[name].repo, saved_pipeline(make))
         for name, make in _PIPELINE_BUILDERS.items()
     }
 

@@ -10,6 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.common.errors import error_responses
 from api.common.jobs.router import WaitSeconds, job_response
+from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
+from api.images.registry import IMAGE_MODELS
 from api.images.schemas import AnyImageRequest, ImageJob
 from api.images.validation import parse_request, validate_request
 
@@ -47,7 +49,8 @@ async def create_image(
     services = request.app.state.services
     engine = request.app.state.engine
     checked = await run_in_threadpool(validate_request, body, services)
+    queue = EXTERNAL_QUEUE if IMAGE_MODELS[checked.model].external else DEVICE_QUEUE
     job = await run_in_threadpool(
-        engine.submit, "images", checked.model, checked.model_dump(mode="json")
+        engine.submit, "images", checked.model, checked.model_dump(mode="json"), queue
     )
     return await job_response(request, job, wait, response)

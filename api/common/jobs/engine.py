@@ -12,7 +12,7 @@ from typing import Any
 from api.common.jobs.process import DeviceProcesses, ProcessRunner
 from api.common.jobs.runner import JobHandler, Runner
 from api.common.jobs.schemas import Job
-from api.common.jobs.store import JobStore
+from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE, JobStore
 
 
 class JobEvents:
@@ -102,6 +102,19 @@ class JobEngine:
         self.events.bind(loop)
         interrupted = self.store.fail_interrupted()
         self.runners = [self._runner(device) for device in self.devices]
+        # Jobs at external providers (OpenAI, Runway) never wait behind GPU work: their own
+        # runner, a thread of this process, with no device and nothing to warm up.
+        self.runners.append(
+            Runner(
+                "cpu",
+                self.store,
+                self.handlers,
+                self.events.publish,
+                self._wake,
+                None,
+                EXTERNAL_QUEUE,
+            )
+        )
         for runner in self.runners:
             runner.start()
         return interrupted
@@ -123,10 +136,13 @@ class JobEngine:
         for runner in self.runners:
             runner.join(timeout)
 
-    def submit(self, kind: str, model: str, request: dict[str, Any]) -> Job:
-        job = self.store.submit(kind, model, request)
+    def submit(
+        self, kind: str, model: str, request: dict[str, Any], queue: str = DEVICE_QUEUE
+    ) -> Job:
+        """Queue a job: on the devices, or (``EXTERNAL_QUEUE``) for a provider's model."""
+        job = self.store.submit(kind, model, request, queue)
         with self._wake:
-            self._wake.notify()
+            self._wake.notify_all()
         return job
 
     def cancel(self, job_id: str) -> Job:

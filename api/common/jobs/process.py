@@ -62,8 +62,8 @@ class PipeJobContext(JobContext):
         self.conn = conn
         self.cancelled = False
 
-    def progress(self, step: int, total: int) -> None:
-        self.conn.send(("progress", step, total))
+    def progress(self, step: int, total: int, **detail: str) -> None:
+        self.conn.send(("progress", step, total, detail))
         self.check_cancelled()
 
     def check_cancelled(self) -> None:
@@ -179,7 +179,7 @@ class ProcessRunner(Runner):
                 continue
             message = self.conn.recv()
             if message[0] == "progress":
-                self.store.set_progress(job.id, message[1], message[2])
+                self.store.set_progress(job.id, message[1], message[2], message[3])
                 self.publish(job.id, True)
             elif message[0] == "done":
                 _, status, result, error, loaded = message

@@ -13,7 +13,7 @@ from typing import Any
 from api.common.devices import free_memory, use_device
 from api.common.errors import ApiError, JobCancelled, JobFailure, job_error
 from api.common.jobs.schemas import Job, JobStatus
-from api.common.jobs.store import JobStore
+from api.common.jobs.store import DEVICE_QUEUE, JobStore
 
 log = logging.getLogger("api.jobs")
 
@@ -28,8 +28,9 @@ class JobContext(ABC):
         self.device = device
 
     @abstractmethod
-    def progress(self, step: int, total: int) -> None:
-        """Report a finished step; raises JobCancelled when the job was cancelled."""
+    def progress(self, step: int, total: int, **detail: str) -> None:
+        """Report a finished step (``detail``: e.g. ``text``, the answer so far, or
+        ``status``, a provider's); raises JobCancelled when the job was cancelled."""
 
     @abstractmethod
     def check_cancelled(self) -> None:
@@ -47,8 +48,8 @@ class StoreJobContext(JobContext):
         self.store = store
         self.publish = publish  # (job id, only its progress changed)
 
-    def progress(self, step: int, total: int) -> None:
-        self.store.set_progress(self.job_id, step, total)
+    def progress(self, step: int, total: int, **detail: str) -> None:
+        self.store.set_progress(self.job_id, step, total, detail)
         self.publish(self.job_id, True)
         self.check_cancelled()
 
@@ -98,8 +99,11 @@ class Runner(threading.Thread):
         publish: Callable[[str, bool], None],
         wake: threading.Condition,
         warm_up: Callable[[str], None] | None = None,
+        queue: str = DEVICE_QUEUE,
     ) -> None:
-        super().__init__(name=f"runner-{device}", daemon=True)
+        name = f"runner-{device}" if queue == DEVICE_QUEUE else f"runner-{queue}"
+        super().__init__(name=name, daemon=True)
+        self.queue = queue  # the jobs it takes: a device's, or those at external providers
         self.warm_up = warm_up
         self.warming = warm_up is not None
         self.current: str | None = None  # the id of the job running now
@@ -132,7 +136,7 @@ class Runner(threading.Thread):
     def run(self) -> None:
         self.prepare()
         while not self.stopping.is_set():
-            job = self.store.claim_next(self.name)
+            job = self.store.claim_next(self.name, self.queue)
             if job is None:
                 with self.wake:
                     self.wake.wait(timeout=1.0)

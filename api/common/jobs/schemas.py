@@ -24,6 +24,15 @@ FINISHED = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 class Progress(BaseModel):
     step: int = Field(description="Steps done (denoising steps, tokens, provider polls).")
     total: int = Field(description="Steps in all, as far as known.")
+    # Only what a job of its kind reports: an image job's progress is {step, total}.
+    text: str | None = Field(
+        None, description="Text jobs: the answer so far.", exclude_if=lambda value: value is None
+    )
+    status: str | None = Field(
+        None,
+        description="Jobs at a provider: its status and task.",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class JobError(BaseModel):

@@ -34,6 +34,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
 """
 
+# The queues jobs wait in: one for the compute devices, one for jobs at external providers
+# (which never wait behind GPU work). Databases from before queues get the column.
+DEVICE_QUEUE = "device"
+EXTERNAL_QUEUE = "external"
+QUEUE_COLUMN = f"ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT '{DEVICE_QUEUE}'"
+
 INTERRUPTED = (
     "the server stopped while this job was running (process killed or crashed); "
     "no output was written — submit it again"
@@ -115,6 +121,9 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "queue" not in columns:
+            self._db.execute(QUEUE_COLUMN)
 
     def close(self) -> None:
         with self._lock:
@@ -128,7 +137,8 @@ class JobStore:
         position = None
         if row["status"] == JobStatus.queued:
             ahead = self._one(
-                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq < ?", (row["seq"],)
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND queue = ? AND seq < ?",
+                (row["queue"], row["seq"]),
             )
             position = ahead[0] + 1
         return Job(
@@ -147,14 +157,16 @@ class JobStore:
             worker=row["worker"],
         )
 
-    def submit(self, kind: str, model: str, request: dict[str, Any]) -> Job:
+    def submit(
+        self, kind: str, model: str, request: dict[str, Any], queue: str = DEVICE_QUEUE
+    ) -> Job:
         job_id = uuid.uuid4().hex
         with self._lock:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
-                "INSERT INTO jobs (id, kind, model, status, request, created_at)"
-                " VALUES (?, ?, ?, 'queued', ?, ?)",
-                (job_id, kind, model, json.dumps(request), _now()),
+                "INSERT INTO jobs (id, kind, model, status, request, created_at, queue)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                (job_id, kind, model, json.dumps(request), _now(), queue),
             )
             self._db.execute("PRAGMA synchronous=NORMAL")
         return self.get(job_id)
@@ -183,18 +195,20 @@ class JobStore:
             rows = self._db.execute(sql, (*args, limit)).fetchall()
         return [self._job(row) for row in rows]
 
-    def claim_next(self, worker: str) -> Job | None:
-        """Atomically move the oldest queued job to running and return it."""
+    def claim_next(self, worker: str, queue: str = DEVICE_QUEUE) -> Job | None:
+        """Atomically move the oldest job queued in ``queue`` to running and return it."""
         row = self._one(
             "UPDATE jobs SET status = 'running', started_at = ?, worker = ?"
-            " WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1)"
-            " RETURNING *",
-            (_now(), worker),
+            " WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' AND queue = ?"
+            " ORDER BY seq LIMIT 1) RETURNING *",
+            (_now(), worker, queue),
         )
         return self._job(row) if row else None
 
-    def set_progress(self, job_id: str, step: int, total: int) -> None:
-        self.signals.set_progress(job_id, {"step": step, "total": total})
+    def set_progress(
+        self, job_id: str, step: int, total: int, detail: dict[str, str] | None = None
+    ) -> None:
+        self.signals.set_progress(job_id, {"step": step, "total": total} | (detail or {}))
 
     def finish(
         self,

@@ -23,7 +23,7 @@ def worker_client(make_client) -> TestClient:
 
 
 def worker_pid(client: TestClient) -> int:
-    [runner] = client.app.state.engine.runners
+    [runner] = [r for r in client.app.state.engine.runners if r.queue == "device"]
     return runner.process.pid
 
 

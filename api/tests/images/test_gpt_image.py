@@ -481,3 +481,16 @@ def test_listed_as_external(client: TestClient, provider: FakeOpenAI):
     assert gpt["modes"] == ["image_to_image", "inpainting", "text_to_image"]
     assert gpt["weights"]["repo"] == "gpt-image-1" and gpt["weights"]["tiny"] is False
     assert provider.received == []
+
+
+def test_a_provider_job_does_not_wait_behind_device_work(client: TestClient, provider: FakeOpenAI):
+    """Jobs at a provider have a runner of their own: a long local job doesn't hold them."""
+    long = client.post(
+        "/api/images",
+        json={"model": "sd1.5", "prompt": "x", "num_inference_steps": 500}
+        | {"max_width": 256, "max_height": 256},
+    ).json()
+    job = succeeded(client, {"prompt": "x"})
+    assert job["worker"] == "runner-external"
+    assert client.get(f"/api/jobs/{long['id']}").json()["status"] in ("queued", "running")
+    client.delete(f"/api/jobs/{long['id']}")

@@ -60,7 +60,8 @@ def test_twelve_jobs_over_two_gpus(make_settings, compile: str):
         for first, again in zip(done[:6], done[6:], strict=True):
             assert np.array_equal(pixels(client, first), pixels(client, again))
         # several GPUs: each runs its jobs in a worker process of its own (torch.compile)
-        pids = {runner.process.pid for runner in client.app.state.engine.runners}
+        device_runners = [r for r in client.app.state.engine.runners if r.queue == "device"]
+        pids = {runner.process.pid for runner in device_runners}
         assert len(pids) == 2
         loaded = {m["name"]: m["loaded_on"] for m in client.get("/api/models").json()}
         assert set(sum((loaded[m] for m in MODELS), [])) == {"cuda:0", "cuda:1"}

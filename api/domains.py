@@ -10,8 +10,9 @@ from __future__ import annotations
 from api.common.domain import Domain
 from api.common.settings import ServerSettings
 from api.images.domain import IMAGES
+from api.videos.domain import VIDEOS
 
-DOMAINS: tuple[Domain, ...] = (IMAGES,)
+DOMAINS: tuple[Domain, ...] = (IMAGES, VIDEOS)
 
 
 class Settings(ServerSettings, *(d.settings for d in DOMAINS if d.settings)):  # type: ignore[misc]

@@ -26,6 +26,21 @@ OutputT = TypeVar("OutputT", covariant=True)
 T = TypeVar("T")
 
 
+class ProgressReport(Protocol):
+    """A job's progress hook: ``(step, total)``, plus details a model reports (``text``: the
+    answer so far; ``status``: a provider's). Raises JobCancelled for a cancelled job."""
+
+    def __call__(self, step: int, total: int, **detail: str) -> None: ...
+
+
+def no_progress(step: int, total: int, **detail: str) -> None:
+    """Progress nobody follows (a warm-up's)."""
+
+
+def not_cancelled() -> None:
+    """The cancel check of work nobody can cancel (a warm-up's)."""
+
+
 class ModelFamily(Protocol, Generic[ContextT, OutputT]):
     """One family of models of a domain (e.g. the diffusion families of images)."""
 
@@ -42,8 +57,8 @@ class ModelRuntime:
 
     services: Services
     device: str
-    progress: Callable[[int, int], None] = lambda step, total: None
-    check_cancelled: Callable[[], None] = lambda: None
+    progress: ProgressReport = no_progress
+    check_cancelled: Callable[[], None] = not_cancelled
     used: list[Weights] = field(default_factory=list)
 
     @property

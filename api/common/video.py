@@ -49,10 +49,7 @@ def encode_mp4(frames: np.ndarray, fps: float, metadata: dict[str, Any]) -> byte
         # faststart rewrites the file to move the index first: it needs a real file
         path = Path(folder, "video.mp4")
         with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-            out.metadata["comment"] = json.dumps(metadata, sort_keys=True)
-            prompt = metadata.get("prompt")
-            if isinstance(prompt, str) and prompt:
-                out.metadata["title"] = prompt
+            _tag(out, metadata)
             stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height = width + width % 2, height + height % 2
             stream.pix_fmt = "yuv420p"
@@ -67,6 +64,36 @@ def encode_mp4(frames: np.ndarray, fps: float, metadata: dict[str, Any]) -> byte
                 out.mux(stream.encode(frame))
             out.mux(stream.encode())  # flush the encoder's delayed frames
         return path.read_bytes()
+
+
+def tag_mp4(data: bytes, metadata: dict[str, Any]) -> bytes:
+    """An mp4 made elsewhere (a provider's) with ``metadata`` in its tags as ``encode_mp4``
+    writes them: its streams copied as they are (no re-encoding), the moov atom first."""
+    with tempfile.TemporaryDirectory(prefix="dd-mp4-") as folder:
+        path = Path(folder, "video.mp4")
+        with (
+            _open(data) as source,
+            av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as out,
+        ):
+            _tag(out, metadata)
+            copies = {
+                stream.index: out.add_stream_from_template(stream)
+                for stream in source.streams
+                if stream.type in ("video", "audio")
+            }
+            for packet in source.demux(*(source.streams[index] for index in copies)):
+                if packet.dts is None:  # the demuxer's end-of-stream marker
+                    continue
+                packet.stream = copies[packet.stream.index]
+                out.mux(packet)
+        return path.read_bytes()
+
+
+def _tag(out: av.container.OutputContainer, metadata: dict[str, Any]) -> None:
+    out.metadata["comment"] = json.dumps(metadata, sort_keys=True)
+    prompt = metadata.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        out.metadata["title"] = prompt
 
 
 def _open(source: bytes | Path) -> av.container.InputContainer:

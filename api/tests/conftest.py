@@ -34,11 +34,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every tiny model, written once by the same code as ``python -m api tiny-models``."""
-    from api.images.models.tiny import build_tiny_image_models
+    """Every domain's tiny models, written once by the same code as ``python -m api
+    tiny-models``."""
+    from api.domains import DOMAINS
 
     folder = tmp_path_factory.mktemp("tiny-models")
-    build_tiny_image_models(folder)
+    for domain in DOMAINS:
+        if domain.build_tiny_models is not None:
+            domain.build_tiny_models(folder, None)
     return folder
 
 

@@ -43,6 +43,9 @@ class VideoModel:
     api_key_env: str | None = None  # external: the environment variable with the provider's key
     # the repo's half-precision copy of its weights (e.g. "fp16"): what a GPU loads from it
     variant: str | None = None
+    retired: str | None = None  # external: the day the provider retired it (it then refuses)
+    max_seed: int = 2**63 - 1  # a provider may take less (Runway: 32 bits)
+    max_prompt_chars: int = 10_000  # a provider may take less (Runway: 1000)
 
     @property
     def frames_rule(self) -> str:
@@ -140,8 +143,9 @@ VIDEO_MODELS: dict[str, VideoModel] = {
             steps=50,
             guidance_scale=5.0,
         ),
-        # Runway (external, through the runwayml SDK): 5 or 10 s clips at 24 fps; the output
-        # ratio is picked from the input's aspect among those Runway accepts for the model.
+        # Runway (external, through the runwayml SDK; models/runway.py has what Runway accepts):
+        # clips of whole seconds at 24 fps (gen3a_turbo 5 or 10 s, gen4_turbo 2-10 s); the size
+        # is the ratio Runway accepts for the model nearest to the input's aspect.
         VideoModel(
             "runway-gen3a-turbo",
             "runway",
@@ -158,6 +162,9 @@ VIDEO_MODELS: dict[str, VideoModel] = {
             negative_prompt=False,
             external=True,
             api_key_env="RUNWAYML_API_SECRET",
+            retired="2026-07-30",
+            max_seed=2**32 - 1,
+            max_prompt_chars=1000,
         ),
         VideoModel(
             "runway-gen4-turbo",
@@ -167,14 +174,16 @@ VIDEO_MODELS: dict[str, VideoModel] = {
             width=1280,
             height=720,
             frames=120,
-            frame_step=120,
-            min_frames=120,
+            frame_step=24,
+            min_frames=48,
             max_frames=240,
             fps=24,
             size_multiple=1,
             negative_prompt=False,
             external=True,
             api_key_env="RUNWAYML_API_SECRET",
+            max_seed=2**32 - 1,
+            max_prompt_chars=1000,
         ),
     )
 }

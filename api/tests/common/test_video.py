@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from api.common.video import decode_mp4, encode_mp4, probe_mp4
+from api.common.video import decode_mp4, encode_mp4, probe_mp4, tag_mp4
 
 
 def _frames(count: int = 6, height: int = 48, width: int = 64) -> np.ndarray:
@@ -107,3 +107,13 @@ def test_other_mp4s_probe_without_metadata() -> None:
         container.mux(stream.encode())
     info = probe_mp4(buffer.getvalue())
     assert (info.frames, info.fps, info.width, info.height, info.metadata) == (2, 10.0, 32, 32, {})
+
+
+def test_a_providers_mp4_is_tagged_without_re_encoding():
+    frames = np.random.default_rng(3).integers(0, 255, (4, 32, 48, 3), dtype=np.uint8)
+    made_elsewhere = encode_mp4(frames, 24, {})
+    tagged = tag_mp4(made_elsewhere, {"model": "runway-gen4-turbo", "prompt": "sea"})
+    info = probe_mp4(tagged)
+    assert info.metadata == {"model": "runway-gen4-turbo", "prompt": "sea"}
+    assert (info.frames, info.fps, info.width, info.height) == (4, 24.0, 48, 32)
+    assert np.array_equal(decode_mp4(tagged), decode_mp4(made_elsewhere))  # same stream

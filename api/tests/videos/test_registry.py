@@ -19,7 +19,7 @@ def test_frames_rules_read_as_documented() -> None:
         "ltx-video": "8k+1",
         "wan-2.1": "4k+1",
         "runway-gen3a-turbo": "120k",
-        "runway-gen4-turbo": "120k",
+        "runway-gen4-turbo": "24k",
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,8 @@ def generate(
         duration,
         job.progress,
         job.check_cancelled,
+        api_key=os.environ.get("RUNWAYML_API_SECRET"),  # the provider fixture's
+        base_url=os.environ.get("RUNWAYML_BASE_URL"),
         on_status=job.on_status,
         poll_interval=0.001,
         **options,

@@ -22,9 +22,11 @@ PIPELINE_CLASSES = {
 
 
 def _file_hashes(root: Path) -> dict[str, str]:
+    """The video models' files (the folder may hold other domains' tiny models too)."""
     return {
         path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(root.rglob("*"))
+        for name in PIPELINE_CLASSES
+        for path in sorted((root / name).rglob("*"))
         if path.is_file()
     }
 

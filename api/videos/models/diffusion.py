@@ -23,8 +23,10 @@ from diffusers import (
 )
 from PIL import Image
 
-from api.common.models import Weights
+from api.common.models import CacheKey, Weights
 from api.common.pipelines import load_pipeline
+from api.common.runtime import ModelRuntime
+from api.videos.context import Clip, VideoContext
 from api.videos.registry import VideoMode, VideoModel
 
 Progress = Callable[[int, int], None]
@@ -210,3 +212,34 @@ def generate(
     video = pipe(**arguments).frames[0]  # (frames, channels, height, width) in [0, 1]
     pixels = (video.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return pixels, {"inference_s": time.perf_counter() - started}
+
+
+def run(ctx: VideoContext, runtime: ModelRuntime) -> tuple[Clip, dict[str, float]]:
+    """Run a job's local video model: loaded once per device and kept, then its mode."""
+    started = time.perf_counter()
+    request = ctx.request
+    weights = runtime.weights(ctx.model.name, ctx.model.repo)
+    low_vram = request.optimize_low_vram and runtime.on_gpu
+    loaded = runtime.resident(
+        CacheKey(ctx.model.name, offloaded=low_vram),
+        lambda: load(ctx.model, weights, runtime.device, low_vram, runtime.dtype),
+        weights,
+    )
+    pipe = loaded.pipeline(ctx.mode)
+    loaded_at = time.perf_counter()
+    assert request.num_inference_steps is not None and request.guidance_scale is not None
+    frames, timings = generate(
+        pipe,
+        ctx.image,
+        request.prompt,
+        request.negative_prompt,
+        ctx.width,
+        ctx.height,
+        ctx.frames,
+        request.num_inference_steps,
+        request.guidance_scale,
+        ctx.seed,
+        ctx.fps,
+        runtime.progress,
+    )
+    return Clip(frames=frames), {"load_s": loaded_at - started} | timings

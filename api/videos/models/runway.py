@@ -6,8 +6,8 @@ as the job's progress), and its video downloaded from the task's output URL. A c
 the task runs deletes it at Runway (``tasks.delete``: Runway's cancel). Runway's errors fail
 the job as ``provider_error`` with Runway's message.
 
-The client reads ``RUNWAYML_API_SECRET`` and ``RUNWAYML_BASE_URL`` from the environment, as
-the SDK always does.
+The key and the address (``RUNWAYML_API_SECRET``, ``RUNWAYML_BASE_URL``) come from the
+server's settings, passed to the client.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import base64
 import io
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,10 @@ import runwayml
 from PIL import Image
 
 from api.common.errors import JobFailure
+from api.common.runtime import ModelRuntime
+from api.videos.context import Clip, VideoContext
+from api.videos.schemas import ProviderTask
+from api.videos.settings import video_settings
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +167,8 @@ def generate(
     progress: Callable[[int, int], None],
     check_cancelled: Callable[[], None],
     *,
+    api_key: str | None,
+    base_url: str | None = None,
     on_status: Callable[[str, str], None] | None = None,
     poll_interval: float = POLL_INTERVAL,
     timeout: float = TASK_TIMEOUT,
@@ -179,7 +184,7 @@ def generate(
         raise ValueError(f"{model.name} makes {list(model.durations)} s videos, not {duration}")
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"Runway's seed is 0-{MAX_SEED}, not {seed}")
-    if not os.environ.get(API_KEY_ENV):
+    if not api_key:
         raise JobFailure(
             f"Runway: no API key: set {API_KEY_ENV} in the server's environment and restart "
             "the server",
@@ -199,7 +204,7 @@ def generate(
         arguments["prompt_text"] = prompt
     progress(0, 100)  # also where a cancel before the call is honoured
     started = time.perf_counter()
-    client = runwayml.RunwayML()
+    client = runwayml.RunwayML(api_key=api_key, base_url=base_url)
     try:
         task_id = client.image_to_video.create(**arguments).id
     except runwayml.RunwayMLError as exc:
@@ -316,3 +321,42 @@ def _download(url: str, check_cancelled: Callable[[], None]) -> bytes:
     if data[4:8] != b"ftyp":  # every mp4 starts with its ftyp box
         raise JobFailure("Runway: the output is not an mp4 video", type="provider_error")
     return data
+
+
+def run(ctx: VideoContext, runtime: ModelRuntime) -> tuple[Clip, dict[str, float]]:
+    """A job's Runway video: the still sent, the task polled (its status shown in the job's
+    progress), the mp4 it made."""
+    settings = video_settings(runtime.services.settings)
+    model = MODELS[ctx.model.name]
+    if ctx.image is None:
+        raise JobFailure(f"{model.name} makes videos from an image only", "invalid_input")
+    status = {"text": "submitting"}
+
+    def on_status(task_id: str, state: str) -> None:
+        status["text"] = f"{state} (Runway task {task_id})"
+
+    def progress(step: int, total: int) -> None:
+        runtime.progress(step, total, status=status["text"])
+
+    key = settings.runwayml_api_secret
+    video = generate(
+        model,
+        ctx.image,
+        ctx.request.prompt or None,
+        ctx.seed,
+        duration_for(model, ctx.frames),
+        progress,
+        runtime.check_cancelled,
+        api_key=key.get_secret_value() if key else None,
+        base_url=settings.runwayml_base_url,
+        on_status=on_status,
+        poll_interval=settings.runway_poll_seconds,
+    )
+    task = ProviderTask(
+        provider="runway",
+        task_id=video.task_id,
+        model_id=video.model_id,
+        ratio=video.ratio,
+        duration_seconds=video.duration,
+    )
+    return Clip(mp4=video.mp4, provider_task=task), dict(video.timings)

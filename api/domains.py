@@ -10,9 +10,10 @@ from __future__ import annotations
 from api.common.domain import Domain
 from api.common.settings import ServerSettings
 from api.images.domain import IMAGES
+from api.texts.domain import TEXTS
 from api.videos.domain import VIDEOS
 
-DOMAINS: tuple[Domain, ...] = (IMAGES, VIDEOS)
+DOMAINS: tuple[Domain, ...] = (IMAGES, VIDEOS, TEXTS)
 
 
 class Settings(ServerSettings, *(d.settings for d in DOMAINS if d.settings)):  # type: ignore[misc]

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 import av
 import numpy as np
 
+from api.common.errors import InvalidField
+
 # x264's constant rate factor: 17 is visually lossless for generated footage; lower is larger.
 CRF = 17
 _REC709 = 1  # the ITU-T H.273 code of BT.709 primaries, transfer and matrix
@@ -94,6 +96,19 @@ def _tag(out: av.container.OutputContainer, metadata: dict[str, Any]) -> None:
     prompt = metadata.get("prompt")
     if isinstance(prompt, str) and prompt:
         out.metadata["title"] = prompt
+
+
+def check_video_file(path: Path, field: str) -> None:
+    """Fail naming ``field`` unless ``path`` is a video FFmpeg reads (from its headers)."""
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.video:
+                raise InvalidField(f"{field} {str(path)!r} has no video stream", field)
+            stream = container.streams.video[0]
+            if not (stream.duration or container.duration):  # a still image, say
+                raise InvalidField(f"{field} {str(path)!r} is not a video (no duration)", field)
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise InvalidField(f"{field} {str(path)!r} is not a readable video: {exc}", field) from None
 
 
 def _open(source: bytes | Path) -> av.container.InputContainer:

@@ -105,7 +105,7 @@ def test_the_readme_curl_examples_run_verbatim(
         ).json()
     finally:
         server.stop()
-    submits = len(re.findall(r"/api/(images|videos)\b", script))
+    submits = len(re.findall(r"/api/(images|videos|texts)\b", script))
     assert len(jobs) == submits, run.stdout  # every example was accepted
     for job in jobs:
         if job["model"] == "segment-anything" and job["status"] == "failed":

@@ -21,6 +21,10 @@ STATUSES = {
     ("delete", "/api/jobs/{job_id}"): {200, 401, 404, 409, 500},
     ("get", "/api/jobs/{job_id}/events"): {200, 401, 404, 500},
     ("post", "/api/images"): {200, 202, 400, 401, 403, 413, 422, 500},
+    ("post", "/api/videos"): {200, 202, 400, 401, 403, 413, 422, 500},
+    ("post", "/api/texts"): {200, 202, 400, 401, 403, 413, 422, 500},
+    ("post", "/v1/chat/completions"): {200, 400, 401, 403, 413, 422, 500, 503},
+    ("get", "/v1/models"): {200, 401, 500},
 }
 ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
 
@@ -85,7 +89,7 @@ def test_api_operations_carry_the_bearer_scheme(make_client):
         "description": spec["components"]["securitySchemes"]["ApiKey"]["description"],
     }
     for (method, path), operation in operations(spec).items():
-        if path.startswith("/api/"):
+        if path.startswith(("/api/", "/v1/")):
             assert operation["security"] == [{"ApiKey": []}], (method, path)
         else:
             assert "security" not in operation, (method, path)

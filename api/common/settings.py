@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from api.common.names import close_names
+from api.common.pipelines import Speed
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 # Every settings class (the server's and each domain's) reads DD_* the same way.
@@ -116,7 +117,15 @@ class ServerSettings(BaseSettings):
         description="critical, error, warning, info or debug (debug also logs the model "
         "libraries' warnings)",
     )
-    # How every domain's PyTorch models run (CUDA only; the CPU always computes in float32).
+    # How every domain's PyTorch models run (CUDA only; the CPU runs plain float32 PyTorch).
+    compile: Literal["auto", "off", "regional", "full"] = Field(
+        "auto",
+        description="CUDA only: torch.compile of the diffusion models (images and videos): "
+        "auto (regional where Triton is installed), regional, full or off",
+    )
+    channels_last: bool = Field(
+        True, description="CUDA only: channels-last memory layout for UNets and VAEs"
+    )
     precision: Literal["auto", "bf16", "fp16"] = Field(
         "auto", description="CUDA only: auto (bf16 where the GPU has it, else fp16), bf16, fp16"
     )
@@ -186,6 +195,10 @@ class ServerSettings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").expanduser().resolve()
+
+    @property
+    def speed(self) -> Speed:
+        return Speed(self.compile, self.channels_last)
 
     @property
     def downloads(self) -> bool:

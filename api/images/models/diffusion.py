@@ -28,11 +28,10 @@ from transformers import CLIPVisionModelWithProjection
 
 from api.common.errors import JobFailure
 from api.common.models import CacheKey, Weights, building_models
-from api.common.pipelines import load_pipeline
+from api.common.pipelines import Speed, load_pipeline, speed_up
 from api.common.runtime import ModelRuntime
 from api.images.context import ImageContext, Picture
 from api.images.models.depth import estimate_depth
-from api.images.models.speed import speed_up
 from api.images.registry import (
     CONTROLNETS,
     IP_ADAPTER_IMAGE_ENCODER,
@@ -44,7 +43,6 @@ from api.images.registry import (
     ScaleLayers,
 )
 from api.images.schemas import IpAdapter
-from api.images.settings import Speed, image_settings
 
 AUTO_PIPELINES = {
     Mode.text_to_image: AutoPipelineForText2Image,
@@ -328,7 +326,7 @@ def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[s
     controls = control_images(ctx, runtime)
     weights = runtime.weights(ctx.model.name, ctx.model.repo)
     low_vram = ctx.request.optimize_low_vram and runtime.on_gpu
-    speed = image_settings(runtime.services.settings).speed
+    speed = runtime.services.settings.speed
     loaded = runtime.resident(
         CacheKey(ctx.model.name, offloaded=low_vram),
         lambda: load_model(ctx.model, weights, device, low_vram, speed, runtime.dtype),

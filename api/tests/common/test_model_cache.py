@@ -95,9 +95,9 @@ def test_two_devices_loading_at_once_build_whole_models(tiny_models):
     loads at once (two runners) must not see each other's meta tensors or skipped inits."""
     import torch
 
+    from api.common.pipelines import Speed
     from api.images.models.diffusion import load_model
     from api.images.registry import IMAGE_MODELS
-    from api.images.settings import Speed
 
     loaded: dict[str, object] = {}
     errors: list[BaseException] = []

@@ -119,9 +119,9 @@ def test_pipelines_keep_their_own_scheduler(tiny_models: Path):
     import torch
 
     from api.common.models import Weights
+    from api.common.pipelines import Speed
     from api.images.models.diffusion import load_model
     from api.images.registry import IMAGE_MODELS
-    from api.images.settings import Speed
 
     weights = Weights("models_dir", str(tiny_models / "sd1.5"), tiny=True)
     loaded = load_model(IMAGE_MODELS["sd1.5"], weights, "cpu", False, Speed(), torch.float32)

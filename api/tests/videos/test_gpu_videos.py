@@ -64,3 +64,23 @@ def test_generates_on_the_gpu(tiny_video_models: Path, name: str, mode: VideoMod
     first = run(3)
     assert first.shape == (model.min_frames, 32, 64, 3)
     assert np.array_equal(first, run(3))
+
+
+@pytest.mark.parametrize("model", ["ltx-video", "wan-2.1"])
+def test_through_the_server_with_the_default_compile(make_settings, workspace: Path, model: str):
+    """The server's defaults on CUDA (DD_COMPILE=auto: the transformer's blocks compiled):
+    a job succeeds, and the same seed gives the same frames again."""
+    from fastapi.testclient import TestClient
+
+    from api.common.video import decode_mp4
+    from api.main import create_app
+    from api.tests.conftest import write_image
+
+    plate = write_image(workspace / "plate.png", (96, 64))
+    body = {"model": model, "prompt": "x", "input_image_path": str(plate), "seed": 2}
+    with TestClient(create_app(make_settings(), devices=[DEVICE])) as client:
+        jobs = [client.post("/api/videos?wait=600", json=body).json() for _ in range(2)]
+        for job in jobs:
+            assert job["status"] == "succeeded", job["error"]
+        frames = [decode_mp4(client.get(job["result"]["video"]["url"]).content) for job in jobs]
+    assert np.array_equal(frames[0], frames[1])

@@ -24,7 +24,7 @@ from diffusers import (
 from PIL import Image
 
 from api.common.models import CacheKey, Weights
-from api.common.pipelines import load_pipeline
+from api.common.pipelines import Speed, compile_mode, load_pipeline
 from api.common.runtime import ModelRuntime
 from api.videos.context import Clip, VideoContext
 from api.videos.registry import VideoMode, VideoModel
@@ -104,6 +104,7 @@ def load(
     device: str,
     low_vram: bool,
     dtype: torch.dtype | None = None,
+    speed: Speed | None = None,
 ) -> LoadedVideoModel:
     """``from_pretrained`` exactly as for downloaded weights. On CUDA: straight onto the device
     (or, with ``low_vram``, offloaded to the CPU: whole models, or groups of layers for Wan),
@@ -136,8 +137,19 @@ def load(
         )
     elif on_gpu and low_vram:
         pipe.enable_model_cpu_offload(device=device)
+    elif on_gpu and speed is not None:
+        compile_transformer_blocks(pipe, speed)
     pipe.set_progress_bar_config(disable=True)
     return LoadedVideoModel(pipe, family, device, low_vram, {base_mode: pipe})
+
+
+def compile_transformer_blocks(pipe: DiffusionPipeline, speed: Speed) -> None:
+    """DD_COMPILE for the video transformers that name their repeated blocks (LTX-Video, Wan):
+    those blocks compiled once each (regional; ``full`` compiles the same here: a whole video
+    transformer would recompile for every frame count). Others run eager."""
+    transformer = getattr(pipe, "transformer", None)
+    if compile_mode(speed) != "off" and getattr(transformer, "_repeated_blocks", None):
+        transformer.compile_repeated_blocks(fullgraph=True)
 
 
 def _has_variant(model: VideoModel, weights: Weights) -> bool:
@@ -220,9 +232,10 @@ def run(ctx: VideoContext, runtime: ModelRuntime) -> tuple[Clip, dict[str, float
     request = ctx.request
     weights = runtime.weights(ctx.model.name, ctx.model.repo)
     low_vram = request.optimize_low_vram and runtime.on_gpu
+    settings = runtime.services.settings
     loaded = runtime.resident(
         CacheKey(ctx.model.name, offloaded=low_vram),
-        lambda: load(ctx.model, weights, runtime.device, low_vram, runtime.dtype),
+        lambda: load(ctx.model, weights, runtime.device, low_vram, runtime.dtype, settings.speed),
         weights,
     )
     pipe = loaded.pipeline(ctx.mode)

@@ -88,7 +88,9 @@ def test_health_and_models(client: TestClient):
     assert health["devices"] == [{"device": "cpu", "name": "cpu"}]
     assert health["queue"] == {"queued": 0, "running": 0}
     assert "TINY RANDOM WEIGHTS" in health["warning"]
-    models = {m["name"]: m for m in client.get("/api/models").json()}
+    listed = client.get("/api/models").json()
+    assert {m["domain"] for m in listed} == {"images", "videos", "texts"}
+    models = {m["name"]: m for m in listed if m["domain"] == "images"}
     assert set(models) == {
         "sd1.5",
         "sdxl",

@@ -12,6 +12,7 @@ from api.common.jobs.runner import JobContext
 from api.common.jobs.schemas import Job
 from api.common.media import open_image
 from api.common.models import CacheKey
+from api.common.pipelines import compile_mode
 from api.common.runtime import ModelRuntime
 from api.common.services import Services
 from api.texts.registry import TEXT_MODELS, TextModel
@@ -114,6 +115,7 @@ def answer(
         progress=progress,
         check_cancelled=runtime.check_cancelled,
         context_length=model.context_length,
+        compile_decoding=runtime.on_gpu and compile_mode(runtime.services.settings.speed) != "off",
     )
     timings = {"load_s": loaded_at - started, "inference_s": time.perf_counter() - loaded_at}
     return (

@@ -40,6 +40,8 @@ from api.common.errors import JobFailure
 IMAGE_MAX_PIXELS = 1280 * 28 * 28
 VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
+# Static key/value caches (compiled decoding) are this many tokens long, or a multiple.
+CACHE_BUCKET = 1024
 # The processor refuses images and frames longer than this many times their width, or wider.
 MAX_ASPECT_RATIO = 200
 
@@ -93,6 +95,7 @@ def chat(
     progress: Progress | None = None,
     check_cancelled: Callable[[], None] | None = None,
     context_length: int | None = None,
+    compile_decoding: bool = False,
 ) -> tuple[str, Usage]:
     """The assistant's answer to ``messages`` and the token counts.
 
@@ -104,7 +107,9 @@ def chat(
     conversation would not fit ``context_length``). After each token, ``progress`` gets the
     count and the text so far and ``check_cancelled`` is called: either may raise to stop.
     The model's generation config (repetition penalty, end tokens) applies; its sampling
-    settings are replaced by ``temperature`` alone.
+    settings are replaced by ``temperature`` alone. ``compile_decoding`` (CUDA): the key/value
+    cache is static (its length rounded up to a multiple of CACHE_BUCKET, so that a few
+    lengths serve every request) and transformers compiles the decoding step for it.
     """
     conversation, videos = _conversation(messages)
     image_size = processor.image_processor.size
@@ -151,9 +156,16 @@ def chat(
     next_token = _NextToken(len(processor.tokenizer), temperature, seed, model.device)
     if check_cancelled is not None:
         check_cancelled()
+    cache: dict[str, Any] = {}
+    if compile_decoding:
+        from transformers import StaticCache
+
+        length = -(-(prompt_tokens + max_tokens) // CACHE_BUCKET) * CACHE_BUCKET
+        cache["past_key_values"] = StaticCache(config=model.config, max_cache_len=length)
     with torch.inference_mode():
         output = model.generate(
             **inputs,
+            **cache,
             max_new_tokens=max_tokens,
             # greedy over what _NextToken leaves: the argmax, or the one token it sampled
             do_sample=False,

@@ -93,6 +93,7 @@ def create_app(
         else None
     )
     engine = JobEngine(store, handlers, devices, warm_up, processes)
+    services.jobs = engine
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from api.common.errors import JobFailure
 from api.common.models import ModelCache, Weights, find_weights, missing_weights_message
@@ -19,6 +20,10 @@ class Services:
     settings: ServerSettings
     paths: PathPolicy
     _caches: dict[str, ModelCache] = field(default_factory=dict)
+    # The server's job engine (common.jobs.engine.JobEngine), set by create_app: what lets
+    # one domain's job ask another domain for work (a job of its own, on its queue). None in
+    # a device's worker process.
+    jobs: Any = None
     # Models resident in the worker processes of devices whose jobs run there: device → names.
     _elsewhere: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)

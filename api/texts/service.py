@@ -5,9 +5,11 @@ domains (the agent) call to have a picture described."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from api.common.domain import OutputFile, WeightsInfo
+from api.common.errors import JobFailure
 from api.common.jobs.runner import JobContext
 from api.common.jobs.schemas import Job
 from api.common.media import open_image
@@ -20,11 +22,12 @@ from api.texts.schemas import (
     ImagePart,
     Message,
     TextModelInfo,
+    TextPart,
     TextRequest,
     TextResult,
     Usage,
 )
-from api.texts.validation import find_model, unavailable_reason
+from api.texts.validation import find_model, unavailable_reason, validate_request
 
 
 def describe_models(services: Services) -> list[TextModelInfo]:
@@ -143,15 +146,17 @@ def run_text_job(services: Services, job: Job, context: JobContext) -> TextResul
 
 def describe_image(
     services: Services,
-    runtime: ModelRuntime,
     image_path: str,
     question: str,
+    check_cancelled: Callable[[], None],
     model: str = "qwen-2.5-vl",
     seed: int = 0,
     max_tokens: int = 256,
 ) -> str:
-    """What the texts model says of one picture (a path already checked against the
-    allowed roots), asked ``question``: the public call other domains use."""
+    """What the texts model says of one picture, asked ``question``: the call other domains
+    use (the agent describing references). It is a texts job of its own, on the devices'
+    queue where the model stays resident, checked like any request (the path against the
+    allowed roots); a cancel of the asking job cancels it."""
     request = TextRequest(
         model=model,
         messages=[
@@ -159,16 +164,23 @@ def describe_image(
                 role="user",
                 content=[
                     ImagePart(type="image", image=image_path),
-                    {"type": "text", "text": question},
-                ],  # type: ignore[list-item]
+                    TextPart(type="text", text=question),
+                ],
             )
         ],
         temperature=0,
         seed=seed,
         max_tokens=max_tokens,
     )
-    response, _, _ = answer(request, services, runtime)
-    return response
+    checked = validate_request(request, services)
+    job = services.jobs.run_and_wait(
+        "texts", model, checked.model_dump(mode="json"), check_cancelled
+    )
+    if job.status != "succeeded":
+        error = job.error
+        detail = f"{error.type}: {error.message}" if error else str(job.status)
+        raise JobFailure(f"describing {image_path} failed ({detail})", type="tool_failed")
+    return str(job.result["response"])
 
 
 def output_files(result: dict[str, Any]) -> list[OutputFile]:

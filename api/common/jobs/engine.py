@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -77,6 +78,8 @@ class JobEngine:
 
     # A waiting client re-reads the job at least this often, even without a notice.
     POLL_SECONDS = 1.0
+    # A job waiting for a job it asked for (run_and_wait) looks this often.
+    RUN_AND_WAIT_POLL_SECONDS = 0.05
     # A follower with nothing new gets a comment line this often (SSE keep-alive).
     KEEPALIVE_SECONDS = 15.0
 
@@ -143,6 +146,28 @@ class JobEngine:
         job = self.store.submit(kind, model, request, queue)
         with self._wake:
             self._wake.notify_all()
+        return job
+
+    def run_and_wait(
+        self,
+        kind: str,
+        model: str,
+        request: dict[str, Any],
+        check_cancelled: Callable[[], None],
+        queue: str = DEVICE_QUEUE,
+    ) -> Job:
+        """From a thread (a job asking another domain for work): submit a job and wait for
+        its end. ``check_cancelled`` raising (the asking job was cancelled) cancels it too."""
+        job = self.submit(kind, model, request, queue)
+        while not job.finished:
+            try:
+                check_cancelled()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.cancel(job.id)
+                raise
+            time.sleep(self.RUN_AND_WAIT_POLL_SECONDS)
+            job = self.store.get(job.id)
         return job
 
     def cancel(self, job_id: str) -> Job:

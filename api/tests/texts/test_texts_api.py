@@ -176,3 +176,24 @@ class TestTextsKeepTheContract(DomainContract):
 
     def refused(self, workspace: Path) -> tuple[dict[str, Any], int, str]:
         return ask(workspace, temperature=3), 422, "temperature"
+
+
+def test_another_domain_asks_for_a_description(client: TestClient, workspace: Path):
+    """describe_image, the texts domain's public call (the agent's tool): a texts job of its
+    own, run on the devices' queue and waited for, from another thread."""
+    import threading
+
+    from api.texts.service import describe_image
+
+    plate = str(write_image(workspace / "plate.png", (64, 48)))
+    services = client.app.state.services
+    answers: list[str] = []
+    thread = threading.Thread(
+        target=lambda: answers.append(
+            describe_image(services, plate, "What is it?", lambda: None, max_tokens=6)
+        )
+    )
+    thread.start()
+    thread.join(120)
+    [job] = client.get("/api/jobs?kind=texts").json()
+    assert answers == [job["result"]["response"]] and job["status"] == "succeeded"

@@ -130,6 +130,7 @@ class JobStore:
             ahead = self._one(
                 "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq < ?", (row["seq"],)
             )
+            assert ahead is not None  # COUNT(*) always returns one row
             position = ahead[0] + 1
         return Job(
             id=row["id"],

@@ -78,7 +78,7 @@ def jobs_router(job_types: Sequence[type[Job]]) -> APIRouter:
     def list_jobs(
         request: Request,
         status: JobStatus | None = None,
-        kind: Kind | None = None,  # type: ignore[valid-type]
+        kind: Kind | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> list[dict[str, Any]]:
         """Recent jobs, newest first."""

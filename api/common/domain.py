@@ -7,7 +7,7 @@ Each domain package exports one ``Domain``; ``api.domains.DOMAINS`` lists them, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,7 +77,7 @@ class Domain:
     router: APIRouter  # its submit route(s), mounted under /api behind the API keys
     job: type[Job]  # its Job, request and result typed (common.jobs.schemas.job_model)
     model_info: type[ModelInfo]  # what GET /api/models says of each of its models
-    describe_models: Callable[[Services], list[ModelInfo]]
+    describe_models: Callable[[Services], Sequence[ModelInfo]]  # each a model_info
     # Run a job of this kind on the context's device: the result (a pydantic model).
     run_job: Callable[[Services, Job, JobContext], BaseModel]
     # The files a succeeded job's result names (what GET /api/files serves).
@@ -86,8 +86,9 @@ class Domain:
     # validated with the rest at start-up; ``check_settings`` for what pydantic can't see.
     settings: type[BaseSettings] | None = None
     check_settings: Callable[[Any], None] | None = None
-    # Before a runner's first job: load (and compile) what the settings ask, on a device.
-    warm_up: Callable[[Services, str], None] | None = None
+    # Before a runner's first job: what loads (and compiles) what the settings ask on the
+    # runner's device, or None when they ask nothing.
+    warm_up: Callable[[Services], Callable[[str], None] | None] | None = None
     # python -m api tiny-models: the names it writes, and the builder (imports lazily).
     tiny_model_names: tuple[str, ...] = ()
     build_tiny_models: Callable[[Path, list[str] | None], list[str]] | None = None

@@ -48,6 +48,12 @@ def _too_large(field: str, what: str, size: str) -> InvalidField:
     )
 
 
+def _bomb(field: str, what: str) -> InvalidField:
+    """An image PIL refused itself, being over twice the limit (it refuses only under one)."""
+    assert Image.MAX_IMAGE_PIXELS is not None
+    return _too_large(field, what, f"over {2 * Image.MAX_IMAGE_PIXELS} pixels")
+
+
 def _check_pixels(width: int, height: int, field: str, what: str) -> None:
     if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
         raise _too_large(field, what, f"{width}x{height} = {width * height} pixels")
@@ -57,8 +63,8 @@ def _open_pil(source: Path | io.BytesIO, field: str, what: str) -> Image.Image:
     """``Image.open`` (which reads the header only), refused when the size is too large."""
     try:
         image = Image.open(source)
-    except Image.DecompressionBombError:  # over twice the limit: PIL refuses it itself
-        raise _too_large(field, what, f"over {2 * Image.MAX_IMAGE_PIXELS} pixels") from None
+    except Image.DecompressionBombError:
+        raise _bomb(field, what) from None
     try:
         _check_pixels(*image.size, field, what)
     except InvalidField:
@@ -163,9 +169,10 @@ def image_suffix(source: bytes | BinaryIO, field: str) -> str:
             return ".exr"
         stream.seek(start)
         with Image.open(stream, formats=_OPEN_FORMATS) as image:
+            assert image.format is not None  # the format that opened it, one of _OPEN_FORMATS
             return IMAGE_FORMAT_SUFFIXES[image.format]
-    except Image.DecompressionBombError:  # over twice the limit: PIL refuses it itself
-        raise _too_large(field, "", f"over {2 * Image.MAX_IMAGE_PIXELS} pixels") from None
+    except Image.DecompressionBombError:
+        raise _bomb(field, "") from None
     except Exception:  # PIL raises many types for what it can't read
         raise InvalidField(
             f"{field} is not a PNG, JPEG, WebP, TIFF or OpenEXR image", field

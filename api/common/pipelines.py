@@ -88,10 +88,13 @@ def speed_up(pipe: Any, speed: Speed) -> None:
         for module in (m for m in (unet, pipe.vae) if m is not None):
             module.to(memory_format=torch.channels_last)
     mode = compile_mode(speed)
-    if mode == "regional" and getattr(denoiser, "_repeated_blocks", None):
-        denoiser.compile_repeated_blocks(fullgraph=True)
-    elif mode in ("full", "regional"):
-        denoiser.compile(fullgraph=True)
-        if mode == "full":
-            pipe.vae.decoder.compile(fullgraph=True)
+    if mode in ("full", "regional"):
+        if denoiser is None:
+            raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer")
+        if mode == "regional" and getattr(denoiser, "_repeated_blocks", None):
+            denoiser.compile_repeated_blocks(fullgraph=True)
+        else:
+            denoiser.compile(fullgraph=True)
+            if mode == "full":
+                pipe.vae.decoder.compile(fullgraph=True)
     log.info("%s: compile=%s channels_last=%s", type(pipe).__name__, mode, speed.channels_last)

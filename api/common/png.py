@@ -60,7 +60,7 @@ def encode_png(image: Image.Image, text: dict[str, str]) -> bytes:
     """PNG bytes of an L, RGB or RGBA image, with ``text`` as text chunks."""
     colour_type = COLOUR_TYPES[image.mode]
     filtered = _sub_filtered(np.asarray(image))
-    raw = memoryview(filtered.reshape(-1))
+    raw = filtered.reshape(-1).data
     stride = filtered.shape[1] * ROWS_PER_STRIP
     starts = range(0, len(raw), stride)
     strips = list(

@@ -26,12 +26,17 @@ def _escaped(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def find_invalid_text(value: Any, location: tuple[str | int, ...] = ()) -> tuple | None:
+# Where a string that is not valid Unicode is: its location (keys and indexes), the
+# string, and the index of its first lone surrogate.
+InvalidText = tuple[tuple[str | int, ...], str, int]
+
+
+def find_invalid_text(value: Any, location: tuple[str | int, ...] = ()) -> InvalidText | None:
     """The location (keys and indexes) of the first string in ``value`` that is not valid
     Unicode, with the string and the offending index; None when every string is valid."""
     if isinstance(value, str):
-        found = None if value.isascii() else _SURROGATE.search(value)  # isascii: O(1)
-        return (location, value, found.start()) if found else None
+        surrogate = None if value.isascii() else _SURROGATE.search(value)  # isascii: O(1)
+        return (location, value, surrogate.start()) if surrogate else None
     if isinstance(value, dict):
         for key, item in value.items():
             found = find_invalid_text(key, (*location, _escaped(str(key)))) or find_invalid_text(

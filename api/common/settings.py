@@ -323,10 +323,7 @@ def settings_help(settings_type: type[BaseSettings]) -> str:
     fields = settings_type.model_fields.items()
     server_first = sorted(fields, key=lambda item: item[0] not in ServerSettings.model_fields)
     for name, info in server_first:
-        if info.default_factory is not None:
-            default = info.default_factory()
-        else:
-            default = info.default
+        default = info.get_default(call_default_factory=True)
         if default is None:
             shown = "unset"
         elif isinstance(default, bool | list | dict):

@@ -122,6 +122,8 @@ def probe_mp4(source: bytes | Path) -> VideoInfo:
     from its headers."""
     with _open(source) as container:
         stream = container.streams.video[0]
+        if stream.average_rate is None:
+            raise ValueError("the mp4's video stream has no frame rate")
         try:
             metadata = json.loads(container.metadata.get("comment", "{}"))
         except json.JSONDecodeError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -28,10 +28,16 @@ from api.images.registry import (
 )
 from api.images.schemas import (
     AnyImageRequest,
+    DepthRequest,
     ImageRequest,
+    ImageRequestBase,
     UpscaleRequest,
 )
 from api.images.sizing import output_size
+
+# The request of a context: each model family takes its models' (ImageRequest for the
+# diffusion families and gpt-image-1, UpscaleRequest for the upscaler...).
+RequestT = TypeVar("RequestT", bound=ImageRequestBase)
 
 # The depth model (models/depth.py), which also makes depth ControlNets' control images
 # (preprocess: true).
@@ -53,7 +59,7 @@ def mode_of(model: ImageModel, request: AnyImageRequest) -> Mode:
     """A task model's task; else inpainting, image→image or text→image from the inputs."""
     if model.task is not None:
         return model.task
-    if request.input_image_path and request.input_mask_path:
+    if isinstance(request, ImageRequest) and request.input_image_path and request.input_mask_path:
         return Mode.inpainting
     if request.input_image_path:
         return Mode.image_to_image
@@ -62,10 +68,12 @@ def mode_of(model: ImageModel, request: AnyImageRequest) -> Mode:
 
 def output_suffixes(mode: Mode, request: AnyImageRequest) -> tuple[str, ...]:
     """What output_image_path may end with; the first is the default output's suffix."""
-    if mode == Mode.depth and request.depth_format == "exr":
-        return (".exr",)
-    if mode == Mode.depth and request.depth_format == "png16":
-        return (".png",)
+    if mode == Mode.depth:
+        assert isinstance(request, DepthRequest)  # a depth model's request
+        if request.depth_format == "exr":
+            return (".exr",)
+        if request.depth_format == "png16":
+            return (".png",)
     return IMAGE_OUTPUT_SUFFIXES
 
 
@@ -74,7 +82,7 @@ class Picture:
     """One output of a model run: the main one (``name`` empty) or an extra one, written
     beside it as ``<stem>_<name><suffix>`` (e.g. one mask per detected object)."""
 
-    image: Image.Image | None = None
+    image: Image.Image
     array: np.ndarray | None = None  # float32 data (depth) for formats that keep it
     name: str = ""
     label: str | None = None
@@ -82,12 +90,12 @@ class Picture:
 
 
 @dataclass
-class ImageContext:
+class ImageContext(Generic[RequestT]):
     """A request resolved for a run: the model, sizes, loaded inputs and the output path."""
 
     model: ImageModel
     mode: Mode
-    request: AnyImageRequest
+    request: RequestT
     width: int  # of the output (an upscale's is 4x its input's)
     height: int
     seed: int | None  # None for models that take no seed (depth, segmentation)
@@ -149,7 +157,7 @@ class ImageContext:
         }
 
 
-def build_context(request: AnyImageRequest, services: Services) -> ImageContext:
+def build_context(request: AnyImageRequest, services: Services) -> ImageContext[AnyImageRequest]:
     """Resolve a validated request again at run time (files may have changed since submit)."""
     model = find_model(request.model)
     mode = mode_of(model, request)
@@ -167,11 +175,14 @@ def build_context(request: AnyImageRequest, services: Services) -> ImageContext:
             request.output_image_path, "output_image_path", output_suffixes(mode, request)
         )
     if not isinstance(request, ImageRequest):  # a task: upscaling, depth, segmentation
+        assert image is not None  # a task request requires its input image
         factor = UPSCALE_FACTOR if mode == Mode.upscale else 1
         seed = request.seed if isinstance(request, UpscaleRequest) else None
         width, height = image.width * factor, image.height * factor
         return ImageContext(model, mode, request, width, height, seed, image, None, output)
 
+    # validate_request filled them in (the model's native size when the client sent none)
+    assert request.max_width is not None and request.max_height is not None
     width, height = output_size(request.max_width, request.max_height, image)
     size = (width, height)
     if image is not None:

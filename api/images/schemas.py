@@ -197,14 +197,14 @@ class SegmentationRequest(TaskRequest):
     )
 
 
+AnyImageRequest = ImageRequest | UpscaleRequest | DepthRequest | SegmentationRequest
 # The request of each kind of model: a generative model's (no task), or its task's.
-REQUEST_TYPES: dict[Mode | None, type[ImageRequestBase]] = {
+REQUEST_TYPES: dict[Mode | None, type[AnyImageRequest]] = {
     None: ImageRequest,
     Mode.upscale: UpscaleRequest,
     Mode.depth: DepthRequest,
     Mode.segmentation: SegmentationRequest,
 }
-AnyImageRequest = ImageRequest | UpscaleRequest | DepthRequest | SegmentationRequest
 
 
 class ImageOutput(BaseModel):

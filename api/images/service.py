@@ -34,6 +34,7 @@ from api.images.registry import (
     Mode,
 )
 from api.images.schemas import (
+    AnyImageRequest,
     ImageModelInfo,
     ImageOutput,
     ImageRequest,
@@ -47,20 +48,29 @@ from api.images.validation import unavailable_reason
 log = logging.getLogger("api.images")
 
 
-def family(name: str) -> ModelFamily[ImageContext, list[Picture]]:
+def family(name: str) -> ModelFamily[ImageContext[Any], list[Picture]]:
     """The model module that runs a family (imported on first use: torch, diffusers and
-    transformers load with the first job, not with the server)."""
+    transformers load with the first job, not with the server). Each takes a context of its
+    models' request (ImageRequest, UpscaleRequest...): the model chose it at validation."""
     if name in DIFFUSION_FAMILIES:
-        from api.images.models import diffusion as module
-    elif name == "openai":
-        from api.images.models import openai_images as module
-    elif name == "upscaler":
-        from api.images.models import upscaler as module
-    elif name == "depth":
-        from api.images.models import depth as module
-    else:
-        from api.images.models import segmentation as module
-    return module
+        from api.images.models import diffusion
+
+        return diffusion
+    if name == "openai":
+        from api.images.models import openai_images
+
+        return openai_images
+    if name == "upscaler":
+        from api.images.models import upscaler
+
+        return upscaler
+    if name == "depth":
+        from api.images.models import depth
+
+        return depth
+    from api.images.models import segmentation
+
+    return segmentation
 
 
 def describe_models(services: Services) -> list[ImageModelInfo]:
@@ -115,11 +125,12 @@ def _describe_adapters(services: Services, model: ImageModel) -> dict[str, Any]:
         return services.find_weights(name, repo, files)
 
     def state(found: Weights | None, file: str = "") -> dict[str, bool]:
-        local = found is not None and found.source != "download"
-        return {
-            "present": local and (not file or Path(found.location, file).is_file()),
-            "tiny": bool(found and found.tiny),
-        }
+        present = (
+            found is not None
+            and found.source != "download"
+            and (not file or Path(found.location, file).is_file())
+        )
+        return {"present": present, "tiny": bool(found and found.tiny)}
 
     controlnets = {
         kind: {"repo": repo, "modes": sorted(CONTROLNET_MODES[family] & model.modes)}
@@ -218,7 +229,11 @@ def output_files(result: dict[str, Any]) -> list[OutputFile]:
 
 
 def write_pictures(
-    services: Services, job: Job, ctx: ImageContext, pictures: list[Picture], tiny: bool
+    services: Services,
+    job: Job,
+    ctx: ImageContext[AnyImageRequest],
+    pictures: list[Picture],
+    tiny: bool,
 ) -> list[ImageOutput]:
     """Write each picture (atomically, with its take when the client named the path)."""
     base = ctx.output_path

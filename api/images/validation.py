@@ -35,8 +35,10 @@ from api.images.schemas import (
     REQUEST_TYPES,
     AnyImageRequest,
     ControlNet,
+    DepthRequest,
     ImageRequest,
     IpAdapter,
+    SegmentationRequest,
     UpscaleRequest,
 )
 from api.images.sizing import check_max_side, default_size
@@ -99,8 +101,11 @@ def parse_request(body: Any) -> AnyImageRequest:
 def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRequest:
     """Submit-time checks (4xx naming the field); returns the request with defaults filled."""
     model = find_model(request.model)
-    generative = isinstance(request, ImageRequest)
-    if generative and request.input_mask_path and not request.input_image_path:
+    if (
+        isinstance(request, ImageRequest)
+        and request.input_mask_path
+        and not request.input_image_path
+    ):
         raise InvalidField(
             "input_mask_path needs input_image_path (the image to inpaint)", "input_mask_path"
         )
@@ -110,10 +115,10 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
         raise InvalidField(f"model {model.name} can't do {mode} (it does {can})", "model")
     check_model_available(model, services)
     defaults = {}
-    if generative or isinstance(request, UpscaleRequest):
+    if isinstance(request, ImageRequest | UpscaleRequest):
         defaults = sampling_defaults(model, request)
     if (
-        generative
+        isinstance(request, ImageRequest)
         and not model.external
         and mode in (Mode.image_to_image, Mode.inpainting)
         and int(defaults["num_inference_steps"] * request.strength) < 1
@@ -123,14 +128,15 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
             "no denoising step to run; raise strength or num_inference_steps",
             "strength",
         )
-    if mode == Mode.segmentation and not any(c.isalnum() for c in request.prompt):
+    if isinstance(request, SegmentationRequest) and not any(c.isalnum() for c in request.prompt):
         raise InvalidField(
             f"model {model.name} needs a prompt naming what to segment (e.g. 'car. person.')",
             "prompt",
         )
     if request.output_image_path is not None:
         suffixes = output_suffixes(mode, request)
-        if mode == Mode.depth and Path(request.output_image_path).suffix.lower() not in suffixes:
+        suffix = Path(request.output_image_path).suffix.lower()
+        if isinstance(request, DepthRequest) and suffix not in suffixes:
             raise InvalidField(
                 f"output_image_path must end with {' or '.join(suffixes)} for depth_format "
                 f"{request.depth_format}: {request.output_image_path!r}",
@@ -138,9 +144,11 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
             )
         services.paths.resolve_output_path(request.output_image_path, "output_image_path", suffixes)
     inputs = InputImages(services)
-    checked = {"input_image_path": inputs.check(request.input_image_path, "input_image_path")}
+    input_image = inputs.check(request.input_image_path, "input_image_path")
+    checked = {"input_image_path": input_image}
     if mode == Mode.upscale:
-        width, height = inputs.open(checked["input_image_path"], "input_image_path").size
+        assert input_image is not None  # an upscale request requires its input image
+        width, height = inputs.open(input_image, "input_image_path").size
         if max(width, height) * UPSCALE_FACTOR > UPSCALE_MAX_SIDE:
             raise InvalidField(
                 f"input_image_path is {width}x{height}: upscaled {UPSCALE_FACTOR}x it would be "
@@ -148,7 +156,7 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
                 f"a side; send an input of at most {UPSCALE_MAX_SIDE // UPSCALE_FACTOR} px a side",
                 "input_image_path",
             )
-    if generative:
+    if isinstance(request, ImageRequest):
         checked |= check_generative_inputs(model, mode, request, inputs)
         check_adapter_weights(model, request, services)
         weights = None

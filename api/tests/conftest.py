@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from PIL import Image
+from PIL import Image, PngImagePlugin
+from starlette.datastructures import State
 
 from api.domains import Settings
 from api.main import create_app
@@ -113,7 +115,14 @@ def write_mask(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
 
 def png_metadata(path: Path) -> dict[str, Any]:
     with Image.open(path) as image:
+        assert isinstance(image, PngImagePlugin.PngImageFile), image.format
         return json.loads(image.text["deferred-diffusion"])
+
+
+def app_state(client: TestClient) -> State:
+    """The server's ``app.state`` (TestClient types its app as any ASGI app)."""
+    assert isinstance(client.app, FastAPI)
+    return client.app.state
 
 
 def decode(data: bytes) -> Image.Image:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from api.tests.conftest import assert_nothing_happened, files_under
+from api.tests.conftest import app_state, assert_nothing_happened, files_under
 
 
 class DomainContract:
@@ -48,10 +48,10 @@ class DomainContract:
         if not self.writes_files:
             return
         job = self.submit(client, self.quick(workspace), wait=120).json()
-        domain = client.app.state.domains[self.kind]
+        domain = app_state(client).domains[self.kind]
         outputs = domain.output_files(job["result"])
         assert outputs
-        services = client.app.state.services
+        services = app_state(client).services
         for output in outputs:
             served = client.get(output.url)
             assert served.status_code == 200, output

@@ -60,7 +60,7 @@ class ChatCompletionRequest(BaseModel):
 
 def text_request(body: ChatCompletionRequest) -> TextRequest:
     """OpenAI's request as a texts request (image_url parts become image parts)."""
-    messages = []
+    messages: list[dict[str, Any]] = []
     for index, message in enumerate(body.messages):
         role = "system" if message.role == "developer" else message.role
         if message.content is None or isinstance(message.content, str):

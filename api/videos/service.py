@@ -31,10 +31,12 @@ def family(name: str) -> ModelFamily[VideoContext, Clip]:
     """The model module that runs a family (imported on first use: torch and diffusers load
     with the first job; the Runway SDK with the first Runway job)."""
     if name == "runway":
-        from api.videos.models import runway as module
-    else:
-        from api.videos.models import diffusion as module
-    return module
+        from api.videos.models import runway
+
+        return runway
+    from api.videos.models import diffusion
+
+    return diffusion
 
 
 def describe_models(services: Services) -> list[VideoModelInfo]:

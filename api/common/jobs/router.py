@@ -70,12 +70,15 @@ def jobs_router(job_types: Sequence[type[Job]]) -> APIRouter:
     Kind = Literal[kinds]  # type: ignore[valid-type]
 
     @router.get(
-        "", operation_id="jobs_list", response_model=list[any_job], responses=error_responses(422)
+        "",
+        operation_id="jobs_list",
+        response_model=list[any_job],  # type: ignore[valid-type]
+        responses=error_responses(422),
     )
     def list_jobs(
         request: Request,
         status: JobStatus | None = None,
-        kind: Kind | None = None,  # type: ignore[valid-type]
+        kind: Kind | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> list[dict[str, Any]]:
         """Recent jobs, newest first."""

@@ -8,7 +8,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from api.common.devices import free_memory, use_device
 from api.common.errors import ApiError, JobCancelled, JobFailure, job_error
@@ -18,6 +18,12 @@ from api.common.jobs.store import DEVICE_QUEUE, JobStore
 log = logging.getLogger("api.jobs")
 
 JobHandler = Callable[[Job, "JobContext"], dict[str, Any]]
+
+
+class Publish(Protocol):
+    """Note that a job changed (only its progress, if ``progress``): JobEvents.publish."""
+
+    def __call__(self, job_id: str, progress: bool = False) -> None: ...
 
 
 class JobContext(ABC):
@@ -41,9 +47,7 @@ class StoreJobContext(JobContext):
     """A job run by a runner thread of the server process: progress and cancel requests
     live in the job store's memory."""
 
-    def __init__(
-        self, job_id: str, device: str, store: JobStore, publish: Callable[[str, bool], None]
-    ) -> None:
+    def __init__(self, job_id: str, device: str, store: JobStore, publish: Publish) -> None:
         super().__init__(job_id, device)
         self.store = store
         self.publish = publish  # (job id, only its progress changed)
@@ -96,7 +100,7 @@ class Runner(threading.Thread):
         device: str,
         store: JobStore,
         handlers: dict[str, JobHandler],
-        publish: Callable[[str, bool], None],
+        publish: Publish,
         wake: threading.Condition,
         warm_up: Callable[[str], None] | None = None,
         queue: str = DEVICE_QUEUE,

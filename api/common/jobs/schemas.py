@@ -70,11 +70,12 @@ class Job(BaseModel):
 def job_model(kind: str, title: str, request: Any, result: Any) -> type[Job]:
     """The Job of one kind, as the API documents and checks it: ``kind`` fixed, ``request``
     and ``result`` of the domain's types (``title``, e.g. ``ImageJob``, names it)."""
+    fixed_kind: Any = Literal[kind]  # a type built at run time: Any to the type checker
     return create_model(
         title,
         __base__=Job,
         __doc__=f"A job of kind {kind}: its request and, once it succeeded, its result.",
-        kind=(Literal[kind], Field(description="The domain the job belongs to.")),  # type: ignore[valid-type]
+        kind=(fixed_kind, Field(description="The domain the job belongs to.")),
         request=(request, Field(description="The request as validated, defaults filled.")),
         result=(result | None, None),
     )

@@ -140,6 +140,7 @@ class JobStore:
                 "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND queue = ? AND seq < ?",
                 (row["queue"], row["seq"]),
             )
+            assert ahead is not None  # COUNT(*) always returns one row
             position = ahead[0] + 1
         return Job(
             id=row["id"],

@@ -21,6 +21,7 @@ from api.common.models import CacheKey, Weights
 from api.common.runtime import ModelRuntime
 from api.images.context import DEPTH_MODEL, ImageContext, Picture
 from api.images.registry import IMAGE_MODELS
+from api.images.schemas import DepthRequest
 
 
 @dataclass
@@ -80,8 +81,11 @@ def estimate_depth(image: Image.Image, runtime: ModelRuntime) -> Image.Image:
     return to_png8(_model(runtime).predict(image)).convert("RGB")
 
 
-def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
+def run(
+    ctx: ImageContext[DepthRequest], runtime: ModelRuntime
+) -> tuple[list[Picture], dict[str, float]]:
     """The input image's depth in the request's depth_format; and the load/run timings."""
+    assert ctx.image is not None  # a task's request requires its input image
     started = time.perf_counter()
     depth_model = _model(runtime)
     loaded_at = time.perf_counter()

@@ -42,7 +42,7 @@ from api.images.registry import (
     Mode,
     ScaleLayers,
 )
-from api.images.schemas import IpAdapter
+from api.images.schemas import ImageRequest, IpAdapter
 
 AUTO_PIPELINES = {
     Mode.text_to_image: AutoPipelineForText2Image,
@@ -141,32 +141,31 @@ def load_controlnet(
 
 def load_image_encoder(weights: Weights, device: str, low_vram: bool, dtype: torch.dtype) -> Any:
     """The IP-Adapters' CLIP image encoder (``models/image_encoder`` of h94/IP-Adapter)."""
-    encoder = CLIPVisionModelWithProjection.from_pretrained(
+    # Any: transformers wraps PreTrainedModel.to (functools.wraps), which mypy can't bind
+    encoder: Any = CLIPVisionModelWithProjection.from_pretrained(
         weights.location, subfolder=IP_ADAPTER_IMAGE_ENCODER, dtype=dtype
     )
     return encoder if low_vram else encoder.to(device)
 
 
-def controlnets(ctx: ImageContext, runtime: ModelRuntime, low_vram: bool) -> list[Any]:
+def controlnets(
+    ctx: ImageContext[ImageRequest], runtime: ModelRuntime, low_vram: bool
+) -> list[Any]:
     """The request's ControlNets, each loaded once per device and kept like a model."""
     family = ctx.model.family
     loaded = []
     for controlnet in ctx.request.controlnets:
         name, repo = CONTROLNETS[family, controlnet.model]
         weights = runtime.weights(name, repo)
-        loaded.append(
-            runtime.resident(
-                CacheKey(name, offloaded=low_vram),
-                lambda weights=weights: load_controlnet(
-                    family, weights, runtime.device, low_vram, runtime.dtype
-                ),
-                weights,
-            )
-        )
+
+        def load(weights: Weights = weights) -> Any:
+            return load_controlnet(family, weights, runtime.device, low_vram, runtime.dtype)
+
+        loaded.append(runtime.resident(CacheKey(name, offloaded=low_vram), load, weights))
     return loaded
 
 
-def ip_adapter_weights(ctx: ImageContext, runtime: ModelRuntime) -> Weights:
+def ip_adapter_weights(ctx: ImageContext[ImageRequest], runtime: ModelRuntime) -> Weights:
     """h94/IP-Adapter's folder, checked for every adapter file the request names."""
     name, repo = IP_ADAPTER_WEIGHTS
     weights = runtime.weights(name, repo, files=(f"{IP_ADAPTER_IMAGE_ENCODER}/config.json",))
@@ -183,7 +182,7 @@ def ip_adapter_weights(ctx: ImageContext, runtime: ModelRuntime) -> Weights:
 
 
 def image_encoder(
-    ctx: ImageContext, runtime: ModelRuntime, weights: Weights, low_vram: bool
+    ctx: ImageContext[ImageRequest], runtime: ModelRuntime, weights: Weights, low_vram: bool
 ) -> Any:
     """The image encoder every IP-Adapter shares, loaded once per device and dtype."""
     device, dtype = runtime.device, runtime.dtype
@@ -200,7 +199,7 @@ def canny_edges(image: Image.Image) -> Image.Image:
     return Image.fromarray(edges).convert("RGB")
 
 
-def control_images(ctx: ImageContext, runtime: ModelRuntime) -> list[Image.Image]:
+def control_images(ctx: ImageContext[ImageRequest], runtime: ModelRuntime) -> list[Image.Image]:
     """The control images, made from plain pictures where a ControlNet asks to preprocess."""
     images = []
     for controlnet, image in zip(ctx.request.controlnets, ctx.control_images, strict=True):
@@ -238,7 +237,7 @@ def adapter_scale(unet: Any, adapter: IpAdapter) -> float | dict[str, Any]:
 
 @contextlib.contextmanager
 def ip_adapters_loaded(
-    pipe: DiffusionPipeline, ctx: ImageContext, weights: Weights, device: str
+    pipe: DiffusionPipeline, ctx: ImageContext[ImageRequest], weights: Weights, device: str
 ) -> Iterator[dict[str, Any]]:
     """Load the request's IP-Adapters into ``pipe`` for one call and yield the call's
     arguments for them; then take them out again, whatever happened: the UNet is shared with
@@ -276,10 +275,15 @@ def ip_adapters_loaded(
 
 
 def _call_arguments(
-    ctx: ImageContext, pipe: DiffusionPipeline, progress: Progress, controls: list[Image.Image]
+    ctx: ImageContext[ImageRequest],
+    pipe: DiffusionPipeline,
+    progress: Progress,
+    controls: list[Image.Image],
 ) -> dict:
     request = ctx.request
     steps = request.num_inference_steps
+    # validate_request filled them in (the model's steps, a random seed)
+    assert steps is not None and ctx.seed is not None
 
     def on_step_end(pipeline: DiffusionPipeline, step: int, timestep: Any, tensors: dict) -> dict:
         progress(step + 1, getattr(pipeline, "_num_timesteps", None) or steps)
@@ -319,7 +323,9 @@ def _call_arguments(
     return {name: value for name, value in arguments.items() if name in accepted}
 
 
-def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
+def run(
+    ctx: ImageContext[ImageRequest], runtime: ModelRuntime
+) -> tuple[list[Picture], dict[str, float]]:
     """Run the request's mode on its model; returns the image and the load/run timings."""
     started = time.perf_counter()
     device = runtime.device

@@ -14,6 +14,7 @@ import binascii
 import io
 import math
 import time
+from typing import Any
 
 import numpy as np
 import openai
@@ -23,6 +24,7 @@ from api.common.errors import JobFailure
 from api.common.runtime import ModelRuntime
 from api.images.context import ImageContext, Picture
 from api.images.registry import Mode
+from api.images.schemas import ImageRequest
 
 # Width/height ratio → the size the provider makes; the nearest ratio (in log scale) wins.
 SIZES = {1.0: "1024x1024", 1.5: "1536x1024", 2 / 3: "1024x1536"}
@@ -99,10 +101,12 @@ def decode_image(b64: str | None) -> Image.Image:
     return picture if picture.mode in ("RGB", "RGBA") else picture.convert("RGB")
 
 
-def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
+def run(
+    ctx: ImageContext[ImageRequest], runtime: ModelRuntime
+) -> tuple[list[Picture], dict[str, float]]:
     """One call to the provider; returns its image and the round-trip time."""
     request = ctx.request
-    arguments = {
+    arguments: dict[str, Any] = {
         "model": ctx.model.repo,
         "prompt": request.prompt,
         "size": size_for(ctx.width, ctx.height),
@@ -126,6 +130,7 @@ def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[s
             response = client.images.generate(**arguments)
         else:  # the input image first (the mask applies to it), then the references
             if ctx.mode == Mode.inpainting:
+                assert ctx.image is not None and ctx.mask is not None  # inpainting has both
                 arguments["mask"] = png_file(alpha_mask(ctx.image, ctx.mask), "mask.png")
             response = client.images.edit(image=images, **arguments)
     except openai.OpenAIError as exc:

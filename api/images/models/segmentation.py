@@ -29,6 +29,7 @@ from api.common.models import CacheKey, Weights
 from api.common.runtime import ModelRuntime
 from api.images.context import ImageContext, Picture
 from api.images.registry import SEGMENT_MAX_OBJECTS, SEGMENT_NMS_IOU
+from api.images.schemas import SegmentationRequest
 
 # One colour per object, in score order: primaries, secondaries, then mixes (10 = the most
 # objects kept), all far apart so a keyer can pull each one.
@@ -152,8 +153,11 @@ def combined_mask(masks: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
+def run(
+    ctx: ImageContext[SegmentationRequest], runtime: ModelRuntime
+) -> tuple[list[Picture], dict[str, float]]:
     """Segment what the prompt names; fails the job when nothing is found."""
+    assert ctx.image is not None  # a task's request requires its input image
     started = time.perf_counter()
     model, request = ctx.model, ctx.request
     sam_weights = runtime.weights(model.name, model.repo)

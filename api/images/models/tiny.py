@@ -78,7 +78,12 @@ def _clip_tokenizer(pad_token: str = _CLIP_EOS) -> CLIPTokenizer:
     vocab[_CLIP_BOS] = len(vocab)
     vocab[_CLIP_EOS] = len(vocab)
     return CLIPTokenizer(
-        vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=_CLIP_MAX_LENGTH
+        vocab=vocab,
+        # transformers annotates list[str], but hands merges to tokenizers' BPE, which takes
+        # (left, right) pairs
+        merges=merges,  # type: ignore[arg-type]
+        pad_token=pad_token,
+        model_max_length=_CLIP_MAX_LENGTH,
     )
 
 

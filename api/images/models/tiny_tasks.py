@@ -134,7 +134,8 @@ def _depth_anything(name: str, folder: Path) -> None:
         mlp_ratio=2,
         image_size=518,
         patch_size=14,
-        out_indices=[1, 2, 3, 4],
+        # a backbone option the config takes through **kwargs, which its typed fields hide
+        out_indices=[1, 2, 3, 4],  # type: ignore[call-arg]
         reshape_hidden_states=False,
         layerscale_value=1.0,
     )
@@ -191,7 +192,7 @@ def _grounding_dino(name: str, folder: Path) -> None:
         depths=[1, 1, 1, 1],
         num_heads=[1, 1, 2, 2],
         window_size=7,
-        out_indices=[2, 3, 4],
+        out_indices=[2, 3, 4],  # type: ignore[call-arg]  # as for Dinov2Config
     )
     text = BertConfig(
         vocab_size=len(vocab),

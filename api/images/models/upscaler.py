@@ -22,6 +22,7 @@ from api.common.pipelines import load_pipeline
 from api.common.runtime import ModelRuntime
 from api.images.context import ImageContext, Picture
 from api.images.registry import UPSCALE_FACTOR, UPSCALE_NOISE_LEVEL, UPSCALE_TILE_OVERLAP
+from api.images.schemas import UpscaleRequest
 
 # Tiles start on, and the padded input is a multiple of, this many input pixels: the UNet
 # halves the latent three times, so no tile ever needs resizing inside the pipeline.
@@ -117,8 +118,12 @@ def upscale(
     return Image.fromarray((out * 255).round().clip(0, 255).astype(np.uint8))
 
 
-def run(ctx: ImageContext, runtime: ModelRuntime) -> tuple[list[Picture], dict[str, float]]:
+def run(
+    ctx: ImageContext[UpscaleRequest], runtime: ModelRuntime
+) -> tuple[list[Picture], dict[str, float]]:
     """Upscale the request's input image 4x; returns it and the load/run timings."""
+    assert ctx.image is not None  # a task's request requires its input image
+    assert ctx.seed is not None  # validate_request filled it in (random when not given)
     started = time.perf_counter()
     device = runtime.device
     weights = runtime.weights(ctx.model.name, ctx.model.repo)

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.tests.common.test_jobs import QUICK, SLOW, wait_for
-from api.tests.conftest import files_under
+from api.tests.conftest import app_state, files_under
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def worker_client(make_client) -> TestClient:
 
 
 def worker_pid(client: TestClient) -> int:
-    [runner] = [r for r in client.app.state.engine.runners if r.queue == "device"]
+    [runner] = [r for r in app_state(client).engine.runners if r.queue == "device"]
     return runner.process.pid
 
 

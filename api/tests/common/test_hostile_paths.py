@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -165,7 +166,7 @@ def _take_link(scene: Scene, target: Path) -> str:
 
 def _body(field: str, value: str, scene: Scene) -> dict:
     """A valid request but for ``field``, which holds ``value``."""
-    by_field = {
+    by_field: dict[str, dict[str, Any]] = {
         "input_image_path": {"input_image_path": value},
         "input_mask_path": {"input_image_path": scene.plate, "input_mask_path": value},
         "controlnets.0.image_path": {"controlnets": [{"model": "canny", "image_path": value}]},

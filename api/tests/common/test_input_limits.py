@@ -16,6 +16,7 @@ import OpenEXR
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from starlette.types import Message
 
 import api.common.router
 from api.common.http import MAX_JSON_BYTES
@@ -230,14 +231,14 @@ def test_a_chunked_upload_is_cut_at_the_limit(make_settings, monkeypatch, tmp_pa
     )
     chunk = bytes(2**16)
     received = 0
-    sent: list[dict] = []
+    sent: list[Message] = []
 
     async def receive() -> dict:
         nonlocal received
         received += 1
         return {"type": "http.request", "body": head if received == 1 else chunk, "more_body": True}
 
-    async def send(message: dict) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {

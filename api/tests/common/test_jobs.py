@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from api.tests.conftest import files_under, write_image
+from api.tests.conftest import app_state, files_under, write_image
 
 QUICK = {
     "model": "sd1.5",
@@ -158,7 +158,7 @@ def test_unknown_job(client: TestClient):
 
 
 def test_events_of_a_queued_job_keep_alive_and_follow_the_queue(client: TestClient):
-    client.app.state.engine.KEEPALIVE_SECONDS = 0.3
+    app_state(client).engine.KEEPALIVE_SECONDS = 0.3
     busy = client.post("/api/images", json=SLOW).json()
     middle = client.post("/api/images", json=QUICK).json()
     last = client.post("/api/images", json=QUICK).json()

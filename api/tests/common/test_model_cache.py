@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from api.common.models import CacheKey, ModelCache, Weights
+from api.tests.conftest import app_state
 
 
 def test_least_recently_used_is_evicted():
@@ -70,7 +71,7 @@ def test_a_load_holds_no_lock_readers_need():
 
 
 def test_health_and_models_answer_while_a_model_loads(client):
-    cache = client.app.state.services.model_cache("cpu")
+    cache = app_state(client).services.model_cache("cpu")
     loading, release = threading.Event(), threading.Event()
 
     def slow_load() -> str:
@@ -96,10 +97,10 @@ def test_two_devices_loading_at_once_build_whole_models(tiny_models):
     import torch
 
     from api.common.pipelines import Speed
-    from api.images.models.diffusion import load_model
+    from api.images.models.diffusion import LoadedModel, load_model
     from api.images.registry import IMAGE_MODELS
 
-    loaded: dict[str, object] = {}
+    loaded: dict[str, LoadedModel] = {}
     errors: list[BaseException] = []
 
     def load(name: str) -> None:

@@ -191,6 +191,7 @@ def test_a_second_server_on_the_same_data_dir_exits_and_the_first_keeps_its_jobs
     )
     assert second.returncode == 2
     assert str(tmp_path / "data") in second.stderr
+    assert server.process is not None
     assert f"pid {server.process.pid}" in second.stderr
     assert "in use by another deferred-diffusion server" in second.stderr
     done = http.get(f"/api/jobs/{running['id']}?wait=120").json()

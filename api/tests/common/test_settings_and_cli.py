@@ -93,6 +93,7 @@ def test_serve_help_lists_every_setting():
     text = " ".join(done.stdout.split())  # the help wraps long lines
     for name, info in Settings.model_fields.items():
         assert environment_name(name, info) in done.stdout
+        assert info.description, name
         assert " ".join(info.description.split()) in text
     assert "OPENAI_API_KEY" in text  # a provider's key, under its usual name
     assert "DD_PORT port to listen on [default: 5000]" in text

@@ -13,7 +13,7 @@ import pytest
 from api.common.settings import SettingsError
 from api.common.signing import SECRET_FILE
 from api.main import create_app
-from api.tests.conftest import image_request, run_job
+from api.tests.conftest import app_state, image_request, run_job
 
 KEY = {"Authorization": "Bearer s3cret"}
 
@@ -56,7 +56,7 @@ def test_altered_or_expired_links_are_refused(make_client, workspace: Path):
         f"{path}?sig={sig}": ("expires", "without 'expires'"),
         f"{path}?expires=soon&sig={sig}": ("expires", "must be a unix time"),
     }
-    links = client.app.state.links
+    links = app_state(client).links
     stale = links.sign(urlsplit(path).path, now=time.time() - links.expiry_seconds - 60)
     cases[stale] = ("expires", "this link expired at ")
     for url, (field, message) in cases.items():

@@ -73,7 +73,7 @@ CASES = [
     ("family", "mode", "kind"), CASES, ids=[f"{f}-{m}-{k}" for f, m, k in CASES]
 )
 def test_every_family_and_mode(
-    client: TestClient, workspace: Path, family: str, mode: Mode, kind: str
+    client: TestClient, workspace: Path, family: str, mode: Mode, kind: ControlNetKind
 ):
     model = FAMILY_MODELS[family]
     out = workspace / "renders" / f"{family}.png"
@@ -188,7 +188,9 @@ def test_output_equals_a_direct_diffusers_controlnet_call(
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
         tiny_models / "sd1.5", controlnet=controlnet, safety_checker=None
     )
-    control_image = Image.open(cn["image_path"]).convert("RGB").resize((64, 64), Image.LANCZOS)
+    control_image = (
+        Image.open(cn["image_path"]).convert("RGB").resize((64, 64), Image.Resampling.LANCZOS)
+    )
     direct = pipe(
         prompt=body["prompt"],
         negative_prompt="blurry",
@@ -209,7 +211,7 @@ def test_preprocess_canny_makes_edges_on_the_server(client: TestClient, workspac
         np.asarray(
             Image.open(picture["image_path"])
             .convert("RGB")
-            .resize((64, 64), Image.LANCZOS)
+            .resize((64, 64), Image.Resampling.LANCZOS)
             .convert("L")
         ),
         100,
@@ -414,7 +416,7 @@ def test_models_list_what_each_model_takes(client: TestClient):
     models = {model["name"]: model for model in client.get("/api/models").json()}
     assert models["sd3.5"]["controlnets"] == {
         kind: {
-            "repo": CONTROLNETS["sd3", kind][1],
+            "repo": CONTROLNETS["sd3", ControlNetKind(kind)][1],
             "modes": ["text_to_image"],
             "present": True,
             "tiny": True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -64,7 +65,11 @@ def test_a_task_model_suggests_only_its_own_fields(
     client: TestClient, workspace: Path, tmp_path: Path
 ):
     plate = write_image(workspace / "plate.png")
-    body = {"model": "depth-anything", "input_image_path": str(plate), "depth_fromat": "exr"}
+    body: dict[str, Any] = {
+        "model": "depth-anything",
+        "input_image_path": str(plate),
+        "depth_fromat": "exr",
+    }
     assert_rejected(client, tmp_path, body, 422, "depth_fromat", "did you mean depth_format?")
     body = {"model": "depth-anything", "input_image_path": str(plate), "steps": 2}
     error = assert_rejected(client, tmp_path, body, 422, "steps", "its fields: model, ")

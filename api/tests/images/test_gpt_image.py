@@ -96,6 +96,7 @@ class _Handler(BaseHTTPRequestHandler):
             for part in message.iter_parts():
                 name = part.get_param("name", header="content-disposition")
                 data = part.get_payload(decode=True)
+                assert isinstance(name, str) and isinstance(data, bytes), (name, data)
                 if part.get_filename() is None:
                     received.fields[name] = data.decode()
                 else:

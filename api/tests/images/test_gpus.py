@@ -10,7 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from api.tests.conftest import decode
+from api.tests.conftest import app_state, decode
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,7 +37,7 @@ def run_all(client: TestClient, bodies: list[dict]) -> list[dict]:
 
 def components_on(client: TestClient, device: str) -> dict[str, set[tuple[str, str]]]:
     """(device, dtype) of every tensor of every resident pipeline on ``device``'s runner."""
-    cache = client.app.state.services.model_cache(device)
+    cache = app_state(client).services.model_cache(device)
     placed: dict[str, set[tuple[str, str]]] = {}
     for key in cache.keys():
         loaded = cache.get(key, lambda: pytest.fail("resident"))
@@ -60,7 +60,7 @@ def test_twelve_jobs_over_two_gpus(make_settings, compile: str):
         for first, again in zip(done[:6], done[6:], strict=True):
             assert np.array_equal(pixels(client, first), pixels(client, again))
         # several GPUs: each runs its jobs in a worker process of its own (torch.compile)
-        device_runners = [r for r in client.app.state.engine.runners if r.queue == "device"]
+        device_runners = [r for r in app_state(client).engine.runners if r.queue == "device"]
         pids = {runner.process.pid for runner in device_runners}
         assert len(pids) == 2
         loaded = {m["name"]: m["loaded_on"] for m in client.get("/api/models").json()}

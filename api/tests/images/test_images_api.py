@@ -132,7 +132,11 @@ def test_image_to_image_direct_call(client: TestClient, tiny_models: Path, works
     job = run_job(client, body)
     served = decode(client.get(job["result"]["images"][0]["url"]).content)
     pipe = AutoPipelineForImage2Image.from_pretrained(tiny_models / "sdxl-refiner")
-    plate = Image.open(body["input_image_path"]).convert("RGB").resize((64, 32), Image.LANCZOS)
+    plate = (
+        Image.open(body["input_image_path"])
+        .convert("RGB")
+        .resize((64, 32), Image.Resampling.LANCZOS)
+    )
     direct = pipe(
         prompt=body["prompt"],
         negative_prompt=body["negative_prompt"],

@@ -54,7 +54,7 @@ def test_each_kind(client: TestClient, workspace: Path, model: str, kind: str, l
     job = run_job(client, body_for(workspace, model, ip_adapters=[ip], output_image_path=str(out)))
     plain = run_job(client, body_for(workspace, model))
     assert difference(pixels(client, job), pixels(client, plain)) > MEASURABLE
-    subfolder, weight_name = IP_ADAPTERS[model, kind]
+    subfolder, weight_name = IP_ADAPTERS[model, IpAdapterKind(kind)]
     assert png_metadata(out)["ip_adapters"] == [
         {
             "model": kind,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,7 +24,7 @@ def prepare(kind: str, workspace: Path, tmp_path: Path) -> tuple[dict, int, str]
     """(request, expected status, expected field) for one kind of bad input."""
     plate = str(write_image(workspace / "plate.png"))
     outside = write_image(tmp_path / "outside.png")
-    cases = {
+    cases: dict[str, tuple[dict[str, Any], int, str]] = {
         "unknown model": ({"model": "sd9"}, 422, "model"),
         "missing model": ({"model": None}, 422, "model"),
         "mode the model can't do": ({"model": "sdxl-refiner"}, 422, "model"),

@@ -8,6 +8,7 @@ import json
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -222,7 +223,7 @@ def test_a_field_that_does_not_apply_is_refused(
 ):
     plate = str(write_image(workspace / "plate.png"))
     values = {"strength": 0.5, "max_width": 64, "seed": 1, "input_mask_path": plate}
-    body = {"model": model, "prompt": "cat", "input_image_path": plate}
+    body: dict[str, Any] = {"model": model, "prompt": "cat", "input_image_path": plate}
     if model == "depth-anything":
         del body["prompt"]
     body[field] = values.get(field, "exr" if field == "depth_format" else 0.5)

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.common.models import CacheKey
 from api.main import create_app
-from api.tests.conftest import write_image
+from api.tests.conftest import app_state, write_image
 
 pytestmark = pytest.mark.gpu
 
@@ -35,8 +35,10 @@ def test_chat_on_the_gpu(make_settings, workspace: Path):
     }
     with TestClient(create_app(make_settings(), devices=["cuda:0"])) as client:
         answers = [client.post("/api/texts?wait=300", json=body).json() for _ in range(2)]
-        loaded = client.app.state.services.model_cache("cuda:0").get(
-            CacheKey("qwen-2.5-vl"), lambda: pytest.fail("resident")
+        loaded = (
+            app_state(client)
+            .services.model_cache("cuda:0")
+            .get(CacheKey("qwen-2.5-vl"), lambda: pytest.fail("resident"))
         )
     for job in answers:
         assert job["status"] == "succeeded", job["error"]

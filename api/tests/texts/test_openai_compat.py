@@ -10,6 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from openai.types.chat import ChatCompletionMessageParam
 
 from api.tests.conftest import write_image
 
@@ -28,7 +29,7 @@ def sdk(client: TestClient, key: str = KEY) -> openai.OpenAI:
     )
 
 
-def image_message(workspace: Path) -> list[dict]:
+def image_message(workspace: Path) -> list[ChatCompletionMessageParam]:
     plate = write_image(workspace / "plate.png", (64, 48)).read_bytes()
     url = "data:image/png;base64," + base64.b64encode(plate).decode()
     return [
@@ -54,6 +55,7 @@ def test_a_completion_with_an_image_is_a_texts_job(keyed: TestClient, workspace:
     [choice] = answer.choices
     assert choice.message.role == "assistant" and choice.message.content
     assert choice.finish_reason in ("stop", "length")
+    assert answer.usage is not None
     assert answer.usage.completion_tokens <= 10 and answer.usage.prompt_tokens > 10
     [job] = keyed.get("/api/jobs", headers={"Authorization": f"Bearer {KEY}"}).json()
     assert job["kind"] == "texts" and answer.id == f"chatcmpl-{job['id']}"
@@ -62,14 +64,18 @@ def test_a_completion_with_an_image_is_a_texts_job(keyed: TestClient, workspace:
 
 def test_streaming_equals_the_answer_at_temperature_0(keyed: TestClient, workspace: Path):
     client = sdk(keyed)
-    arguments = {
-        "model": "qwen-2.5-vl",
-        "messages": image_message(workspace),
-        "temperature": 0,
-        "max_completion_tokens": 12,
-    }
-    whole = client.chat.completions.create(**arguments).choices[0].message.content
-    chunks = list(client.chat.completions.create(stream=True, **arguments))
+    messages = image_message(workspace)
+    whole = (
+        client.chat.completions.create(
+            model="qwen-2.5-vl", messages=messages, temperature=0, max_completion_tokens=12
+        )
+        .choices[0]
+        .message.content
+    )
+    stream = client.chat.completions.create(
+        model="qwen-2.5-vl", messages=messages, temperature=0, max_completion_tokens=12, stream=True
+    )
+    chunks = list(stream)
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
     assert streamed == whole
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -90,4 +96,5 @@ def test_bad_requests_name_the_field(keyed: TestClient):
         sdk(keyed).chat.completions.create(
             model="qwen-9", messages=[{"role": "user", "content": "hi"}]
         )
-    assert refused.value.body["field"] == "model"
+    body = refused.value.body
+    assert isinstance(body, dict) and body["field"] == "model"

@@ -131,12 +131,8 @@ def test_video_part(qwen_vl: QwenVL, tmp_path: Path) -> None:
     assert clip.fps == 2.0
     assert len(clip.frames) == 4
     question = {"type": "text", "text": "what happens in this shot?"}
-    messages = [
-        {
-            "role": "user",
-            "content": [{"type": "video", "frames": clip.frames, "fps": clip.fps}, question],
-        }
-    ]
+    video: dict[str, Any] = {"type": "video", "frames": clip.frames, "fps": clip.fps}
+    messages = [{"role": "user", "content": [video, question]}]
     response, usage = _ask(qwen_vl, messages)
     assert response.strip()
     # 4 frames of 64x48 are raised to at least 128 tokens' worth of pixels: 392x280, 14 x 10
@@ -145,12 +141,12 @@ def test_video_part(qwen_vl: QwenVL, tmp_path: Path) -> None:
     assert usage.prompt_tokens == _prompt_tokens(qwen_vl, text_only) + 2 * 140 + 2
     # frames as an array, as the part may also carry them
     array = np.stack([np.asarray(frame) for frame in clip.frames])
-    messages[0]["content"][0]["frames"] = array
+    video["frames"] = array
     assert _ask(qwen_vl, messages) == (response, usage)
     # what the frames show and when they were taken both reach the model
-    messages[0]["content"][0]["frames"] = array[::-1].copy()
+    video["frames"] = array[::-1].copy()
     assert _ask(qwen_vl, messages)[0] != response
-    messages[0]["content"][0] |= {"frames": array, "fps": 0.5}
+    video |= {"frames": array, "fps": 0.5}
     assert _ask(qwen_vl, messages)[0] != response
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,7 +42,9 @@ def test_real_qwen_vl_sees_images_and_video(tmp_path: Path) -> None:
 
     plate = Image.new("RGB", (512, 384), (220, 20, 20))
     question = {"type": "text", "text": "What colour is this image? Answer with one word."}
-    messages = [{"role": "user", "content": [{"type": "image", "image": plate}, question]}]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": [{"type": "image", "image": plate}, question]}
+    ]
     answer = ask(messages)
     assert "red" in answer
     follow_up = [

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.tests.conftest import files_under, write_image
+from api.tests.conftest import app_state, files_under, write_image
 from api.tests.contract import DomainContract
 from api.tests.texts.conftest import write_video
 
@@ -186,7 +186,7 @@ def test_another_domain_asks_for_a_description(client: TestClient, workspace: Pa
     from api.texts.service import describe_image
 
     plate = str(write_image(workspace / "plate.png", (64, 48)))
-    services = client.app.state.services
+    services = app_state(client).services
     answers: list[str] = []
     thread = threading.Thread(
         target=lambda: answers.append(

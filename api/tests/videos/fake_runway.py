@@ -26,7 +26,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,7 +58,7 @@ class Received:
     method: str
     path: str
     headers: dict[str, str]
-    body: dict[str, Any] | None = None
+    body: dict[str, Any] = field(default_factory=dict)  # {} when the request had none
 
 
 @dataclass
@@ -172,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.command,
             self.path,
             {k.lower(): v for k, v in self.headers.items()},
-            json.loads(raw) if raw else None,
+            json.loads(raw) if raw else {},
         )
         self.server.received.append(received)
         return received
@@ -195,10 +195,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path != "/v1/image_to_video":
             return self._answer(404, {"error": f"no route {self.path}"})
-        body = received.body or {}
+        body = received.body
         if problem := _bad_request(body):
             return self._answer(400, {"error": problem})
-        image = DATA_URI.fullmatch(body["promptImage"])[2]
+        match = DATA_URI.fullmatch(body["promptImage"])
+        assert match is not None  # _bad_request checked it
+        image = match[2]
         with Image.open(io.BytesIO(base64.b64decode(image))) as picture:
             picture.load()
             decoded = picture.copy()

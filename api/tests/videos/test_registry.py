@@ -89,4 +89,4 @@ def test_valid_frames_refuses_counts_out_of_range(model, requested: int) -> None
     ],
 )
 def test_video_size_keeps_the_aspect_inside_the_bounds(model, bounds, image, expected) -> None:
-    assert video_size(model, *bounds, image) == expected
+    assert video_size(model, bounds[0], bounds[1], image) == expected

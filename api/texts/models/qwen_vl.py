@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -241,14 +241,14 @@ class _NextToken(LogitsProcessor):
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.clone()
-        scores[:, self.known_tokens :] = -float("inf")
+        masked = scores.clone()
+        masked[:, self.known_tokens :] = -float("inf")
         if self.temperature == 0:
-            return scores
-        probabilities = torch.softmax(scores.float() / self.temperature, dim=-1)
+            return cast(torch.FloatTensor, masked)
+        probabilities = torch.softmax(masked.float() / self.temperature, dim=-1)
         chosen = torch.multinomial(probabilities, 1, generator=self.generator)
-        only = torch.full_like(scores, -float("inf"))
-        return only.scatter_(1, chosen, 0.0)
+        only = torch.full_like(masked, -float("inf"))
+        return cast(torch.FloatTensor, only.scatter_(1, chosen, 0.0))
 
 
 class _TokenStreamer(BaseStreamer):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 import transformers
 from tokenizers import AddedToken
@@ -120,8 +121,8 @@ def _qwen_tokenizer() -> Qwen2Tokenizer:
         vocab[token] = len(vocab)
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
-        merges=merges,
-        unk_token=None,
+        merges=merges,  # type: ignore[arg-type]  # pairs are accepted as well as "a b" lines
+        unk_token=None,  # type: ignore[arg-type]  # byte-level: every byte has a token
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -151,7 +152,7 @@ def _image_processor() -> Qwen2VLImageProcessor:
 
 
 def _model(name: str, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneration:
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in _SPECIAL_TOKENS}
+    ids = {token: cast(int, tokenizer.convert_tokens_to_ids(token)) for token in _SPECIAL_TOKENS}
     hidden_size = 64
     config = Qwen2_5_VLConfig(
         text_config={

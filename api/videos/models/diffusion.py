@@ -148,7 +148,11 @@ def compile_transformer_blocks(pipe: DiffusionPipeline, speed: Speed) -> None:
     those blocks compiled once each (regional; ``full`` compiles the same here: a whole video
     transformer would recompile for every frame count). Others run eager."""
     transformer = getattr(pipe, "transformer", None)
-    if compile_mode(speed) != "off" and getattr(transformer, "_repeated_blocks", None):
+    if (
+        transformer is not None
+        and compile_mode(speed) != "off"
+        and getattr(transformer, "_repeated_blocks", None)
+    ):
         transformer.compile_repeated_blocks(fullgraph=True)
 
 
@@ -209,7 +213,9 @@ def generate(
     if image is not None:
         image = image.convert("RGB")
         arguments["image"] = (
-            image if image.size == (width, height) else image.resize((width, height), Image.LANCZOS)
+            image
+            if image.size == (width, height)
+            else image.resize((width, height), Image.Resampling.LANCZOS)
         )
     if "prompt" in accepted:  # SVD takes none
         arguments.update(prompt=prompt, negative_prompt=negative_prompt or None)

@@ -19,10 +19,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import runwayml
 from PIL import Image
+from runwayml.types.task_retrieve_response import Succeeded
 
 from api.common.errors import JobFailure
 from api.common.runtime import ModelRuntime
@@ -193,7 +195,7 @@ def generate(
     uri, image_format, sent = data_uri(image)
     width, height = ratio_for(model, image.width, image.height)
     ratio = f"{width}:{height}"
-    arguments = {
+    arguments: dict[str, Any] = {
         "model": model.model_id,
         "prompt_image": uri,
         "ratio": ratio,
@@ -224,7 +226,7 @@ def generate(
         )
     if task.status == "CANCELLED":
         raise JobFailure(f"Runway: task {task_id} was cancelled at Runway", "provider_error")
-    if not task.output:
+    if not isinstance(task, Succeeded) or not task.output:
         raise JobFailure(f"Runway: task {task_id} succeeded without an output", "provider_error")
     finished = time.perf_counter()
     mp4 = _download(task.output[0], check_cancelled)

@@ -676,7 +676,8 @@ function variantField(name, schema, variants, { path, context, label, about }) {
 // The form of a domain: its models from /api/models, then the request of the chosen model.
 function domainForm(route, request) {
   const body = resolve(route.schema);
-  const mapping = route.schema.discriminator?.mapping || body.discriminator?.mapping || {};
+  // Which request each model takes, when the body is one of several (by model).
+  const mapping = body["x-request-by-model"] || body.discriminator?.mapping || {};
   const models = state.models.filter((model) => model.domain === route.kind);
   const box = h("div", { class: "domain-form" });
   const modelSelect = h("select", { name: "model", "data-path": "model", id: "model-select" },

@@ -279,3 +279,37 @@ def test_with_api_keys_the_page_asks_for_one_and_sends_it(
     assert httpx.get(f"{keyed_server.url}/api/jobs").status_code == 401  # nothing without it
     # Only the calls without a key or with the wrong one were refused.
     assert all("status of 401" in problem for problem in page.console.problems)
+
+
+def test_an_uploaded_picture_makes_a_depth_map_and_a_video_plays(
+    page: Any, page_server: Server, tmp_path: Path, shots: Path
+):
+    from api.tests.conftest import write_image
+
+    plate = write_image(tmp_path / "plate.png", (64, 48))
+    open_page(page, page_server, "#submit/images")
+    page.select_option("#model-select", "depth-anything")
+    page.set_input_files('[data-path="input_image_path.upload"]', plate)
+    page.wait_for_function(
+        """document.querySelector('[data-path="input_image_path"]').value.startsWith('/')"""
+    )
+    uploaded = page.input_value('[data-path="input_image_path"]')
+    assert Path(uploaded).read_bytes() == plate.read_bytes()  # the upload route's copy
+    page.click("#submit-button")
+    page.wait_for_url("**/#jobs/*")
+    page.wait_for_selector("#detail .status-succeeded")
+    page.wait_for_function("document.querySelector('#detail img.thumb')?.naturalWidth === 64")
+
+    http = httpx.Client(base_url=page_server.url, timeout=300)
+    body = {"model": "ltx-video", "prompt": "storm clouds", "num_frames": 9, "seed": 1}
+    video = http.post("/api/videos?wait=300", json=body | {"num_inference_steps": 2}).json()
+    assert video["status"] == "succeeded", video
+    page.goto(f"{page_server.url}/#jobs/{video['id']}")
+    page.wait_for_selector("#detail video[controls]")
+    # Chromium decodes the mp4 (H.264): its metadata loads, the length is its frames'.
+    page.wait_for_function("document.querySelector('#detail video').readyState >= 1")
+    duration = page.locator("#detail video").evaluate("video => video.duration")
+    frames, fps = video["result"]["video"]["frames"], video["result"]["video"]["fps"]
+    assert duration == pytest.approx(frames / fps, abs=1 / fps)
+    page.screenshot(path=shots / "video.png")
+    assert page.console.problems == []

@@ -175,15 +175,16 @@ def test_a_refused_request_names_its_field_in_the_form(page: Any, page_server: S
 
 def test_cancel_from_the_page_and_filter_the_list(page: Any, page_server: Server, shots: Path):
     http = httpx.Client(base_url=page_server.url, timeout=60)
-    running = http.post("/api/images", json=SLOW).json()
-    queued = http.post("/api/images", json=QUICK).json()
-    open_page(page, page_server)
-    row(page, running["id"]).locator("progress.bar[value]").wait_for()
+    done = http.post("/api/images?wait=60", json=QUICK | {"prompt": "a lighthouse"}).json()
+    running = http.post("/api/images", json=SLOW | {"prompt": "storm over the harbour"}).json()
+    queued = http.post("/api/images", json=QUICK | {"prompt": "the harbour at dawn"}).json()
+    open_page(page, page_server, f"#jobs/{done['id']}")
+    page.wait_for_function("document.querySelector('#detail img.thumb')?.naturalWidth > 0")
     page.wait_for_function(
-        f"""document.querySelector('#jobs tr[data-id="{running["id"]}"] progress.bar').value >= 1"""
+        f"""document.querySelector('#jobs tr[data-id="{running["id"]}"] progress.bar').value >= 3"""
     )
     assert row(page, queued["id"]).locator(".queue-position").inner_text() == "1"
-    page.screenshot(path=shots / "jobs-running.png")
+    page.screenshot(path=shots / "jobs-running.png")  # the README's (docs/web-page.png)
 
     row(page, queued["id"]).get_by_role("button", name="Cancel").click()
     row(page, queued["id"]).locator(".status-cancelled").wait_for()

@@ -266,9 +266,9 @@ function jobRow(job) {
   h("td", {}, h("span", { class: `status status-${job.status}` }, job.status)),
   h("td", {}, progressBar(job)),
   h("td", { class: "queue-position" }, job.queue_position ?? ""),
-  h("td", { title: job.created_at }, formatTime(job.created_at)),
-  h("td", {}, took(job)),
-  h("td", {}, job.worker || ""),
+  h("td", { class: "secondary", title: job.created_at }, formatTime(job.created_at)),
+  h("td", { class: "secondary took" }, took(job)),
+  h("td", { class: "secondary" }, job.worker || ""),
   h("td", {}, cancelButton(job)));
 }
 
@@ -369,6 +369,7 @@ async function showJob(id) {
   renderJobs();
   const panel = $("#detail");
   panel.hidden = false;
+  $("#jobs-layout").classList.add("with-detail");
   let job = state.jobs.get(id);
   if (!job) {
     try {
@@ -465,8 +466,8 @@ function readable(value, depth = 0) {
     if (value.every((item) => item === null || typeof item !== "object")) return h("span", {}, value.join(", "));
     return h("ol", { class: "items" }, value.map((item) => h("li", {}, readable(item, depth + 1))));
   }
-  const entries = Object.entries(value).filter(([name]) => name !== "url");
-  // A conversation's message reads as "role: content".
+  // The links show as outputs above; absent values (null) are left out.
+  const entries = Object.entries(value).filter(([name, item]) => name !== "url" && item !== null);
   return h("dl", { class: depth ? "fields nested" : "fields" }, entries.map(([name, item]) => [
     h("dt", {}, humanize(name)), h("dd", {}, readable(item, depth + 1)),
   ]));
@@ -836,6 +837,7 @@ function route() {
     else {
       state.selected = null;
       $("#detail").hidden = true;
+      $("#jobs-layout").classList.remove("with-detail");
       renderJobs();
     }
   } else if (known === "submit") {
@@ -876,7 +878,7 @@ async function start() {
     if ([...state.jobs.values()].some((job) => job.status === "running")) {
       for (const row of document.querySelectorAll('#jobs tr[data-status="running"]')) {
         const job = state.jobs.get(row.dataset.id);
-        if (job) row.children[7].textContent = took(job);
+        if (job) row.querySelector(".took").textContent = took(job);
       }
     }
   }, 1000);

@@ -3,6 +3,7 @@ against a real server process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,3 +72,27 @@ def test_the_list_stream_refuses_bad_filters_and_a_missing_key(
     with httpx.stream("GET", f"{keyed_server.url}/api/jobs/events", headers=headers) as stream:
         assert stream.status_code == 200
         assert next(events(stream))[0] == "jobs"
+
+
+def test_a_feed_hears_of_every_job_and_whether_only_its_progress_changed():
+    from api.common.jobs.engine import JobEvents
+
+    events = JobEvents()
+
+    async def follow() -> None:
+        events.bind(asyncio.get_running_loop())
+        events.publish("before")  # no feed yet: nobody hears of it
+        with events.watch_all() as feed:
+            await asyncio.to_thread(events.publish, "a", True)  # from a runner thread
+            await asyncio.to_thread(events.publish, "b")
+            await asyncio.to_thread(events.publish, "c")
+            await asyncio.to_thread(events.publish, "c", True)  # a status change stays one
+            await asyncio.wait_for(feed.changed.wait(), 5)
+            await asyncio.sleep(0.05)  # the loop runs the wake-ups scheduled from the threads
+            assert feed.take() == {"a": True, "b": False, "c": False}
+            assert not feed.changed.is_set() and feed.take() == {}
+            events.publish("a", True)
+            await asyncio.wait_for(feed.changed.wait(), 5)
+            assert feed.take() == {"a": True}
+
+    asyncio.run(follow())

@@ -258,7 +258,9 @@ function jobRow(job) {
     "data-id": job.id,
     "data-status": job.status,
     class: job.id === state.selected ? "selected" : "",
+    tabindex: "0", // opened by keyboard too
     onclick: () => { location.hash = `#jobs/${job.id}`; },
+    onkeydown: (event) => { if (event.key === "Enter" && event.target === event.currentTarget) location.hash = `#jobs/${job.id}`; },
   },
   h("td", {}, job.kind),
   h("td", {}, job.model),

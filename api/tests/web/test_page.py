@@ -10,6 +10,7 @@ DD_TEST_CHROMIUM names another Chromium binary.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from api.tests.common.test_server_process import QUICK, SLOW, Server
+from api.tests.conftest import write_image
 from api.tests.web.conftest import KEY
 
 pytestmark = pytest.mark.slow
@@ -169,8 +171,15 @@ def test_a_refused_request_names_its_field_in_the_form(page: Any, page_server: S
     page.select_option("#model-select", "depth-anything")
     assert page.locator('[data-path="depth_format"]').count() == 1
     assert page.locator('[data-path="num_inference_steps"]').count() == 0
+    # As JSON, sent as written: a field no request has is refused, naming it.
+    page.select_option("#model-select", "sd1.5")
+    page.click("#submit-json-box summary")
+    page.fill("#submit-json", json.dumps(QUICK | {"stength": 0.5}))
+    page.click("#submit-button")
+    page.wait_for_selector("#submit-error:text('stength')")
+    assert httpx.get(f"{page_server.url}/api/jobs", params={"limit": 1000}).json() == before
     problems = [p for p in page.console.problems if "the server responded with a status" not in p]
-    assert problems == []  # the refusal itself is the only console line
+    assert problems == []  # the refusals themselves are the only console lines
 
 
 def test_cancel_from_the_page_and_filter_the_list(page: Any, page_server: Server, shots: Path):
@@ -186,6 +195,11 @@ def test_cancel_from_the_page_and_filter_the_list(page: Any, page_server: Server
     assert row(page, queued["id"]).locator(".queue-position").inner_text() == "1"
     page.screenshot(path=shots / "jobs-running.png")  # the README's (docs/web-page.png)
 
+    # A job whose input is gone by the time it runs fails; its detail says why.
+    plate = write_image(Path(json.loads(page_server.env["DD_ALLOWED_ROOTS"])[0]) / "gone.png")
+    doomed = http.post("/api/images", json=QUICK | {"input_image_path": str(plate)}).json()
+    plate.unlink()
+
     row(page, queued["id"]).get_by_role("button", name="Cancel").click()
     row(page, queued["id"]).locator(".status-cancelled").wait_for()
     row(page, running["id"]).get_by_role("button", name="Cancel").click()
@@ -194,6 +208,11 @@ def test_cancel_from_the_page_and_filter_the_list(page: Any, page_server: Server
     never = http.get(f"/api/jobs/{queued['id']}").json()
     assert never["status"] == "cancelled" and never["started_at"] is None
     assert row(page, running["id"]).get_by_role("button", name="Cancel").count() == 0
+    row(page, doomed["id"]).locator(".status-failed").wait_for()
+    row(page, doomed["id"]).click()
+    error = page.locator("#detail .job-error")
+    assert error.inner_text().startswith("invalid_input: ")
+    assert "input_image_path" in error.inner_text()
 
     page.select_option("#filter-status", "cancelled")
     page.wait_for_function(
@@ -285,8 +304,6 @@ def test_with_api_keys_the_page_asks_for_one_and_sends_it(
 def test_an_uploaded_picture_makes_a_depth_map_and_a_video_plays(
     page: Any, page_server: Server, tmp_path: Path, shots: Path
 ):
-    from api.tests.conftest import write_image
-
     plate = write_image(tmp_path / "plate.png", (64, 48))
     open_page(page, page_server, "#submit/images")
     page.select_option("#model-select", "depth-anything")

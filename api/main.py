@@ -28,6 +28,7 @@ from api.common.media import limit_input_pixels
 from api.common.services import Services
 from api.common.settings import ServerSettings, load_settings
 from api.common.signing import LinkSigner, load_secret
+from api.web.router import install_page
 
 log = logging.getLogger("api")
 
@@ -143,4 +144,5 @@ def create_app(
         for prefix, router in domain.extra_routers:
             app.include_router(router, prefix=prefix, **guarded)
     install_docs(app)
+    install_page(app)
     return app

@@ -16,8 +16,8 @@ from api.common.settings import start_up_warnings
 log = logging.getLogger("api")
 
 
-def docs_url(host: str, port: int) -> str:
-    """Where a browser finds the Swagger UI (this machine's name for a wildcard address)."""
+def server_url(host: str, port: int) -> str:
+    """Where a browser finds this server (this machine's name for a wildcard address)."""
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
     else:
@@ -26,7 +26,12 @@ def docs_url(host: str, port: int) -> str:
                 host = f"[{host}]"
         except ValueError:
             pass
-    return f"http://{host}:{port}/docs"
+    return f"http://{host}:{port}"
+
+
+def docs_url(host: str, port: int) -> str:
+    """Where a browser finds the Swagger UI."""
+    return f"{server_url(host, port)}/docs"
 
 
 def log_start_up(app: FastAPI) -> None:
@@ -72,4 +77,5 @@ def log_start_up(app: FastAPI) -> None:
             "serving TINY RANDOM WEIGHTS for %s: outputs are noise, for tests only",
             ", ".join(tiny),
         )
+    log.info("web page: %s/", server_url(settings.host, settings.port))
     log.info("API docs: %s", docs_url(settings.host, settings.port))

@@ -12,7 +12,7 @@ from api.common.errors import error_responses
 from api.common.jobs.router import WaitSeconds, job_response
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
 from api.images.registry import IMAGE_MODELS
-from api.images.schemas import AnyImageRequest, ImageJob
+from api.images.schemas import REQUEST_TYPES, AnyImageRequest, ImageJob
 from api.images.validation import parse_request, validate_request
 
 router = APIRouter(tags=["images"])
@@ -26,6 +26,14 @@ ImageBody = Annotated[
         "generative model, UpscaleRequest for sd-x4-upscaler, DepthRequest for "
         "depth-anything, SegmentationRequest for segment-anything. A field of another "
         "request is refused (422) naming it and listing the model's fields.",
+        # Which request each model takes, for clients that build forms from the spec (an
+        # extension: a discriminator would make fuzzers draw a model per request type).
+        json_schema_extra={
+            "x-request-by-model": {
+                name: f"#/components/schemas/{REQUEST_TYPES[model.task].__name__}"
+                for name, model in IMAGE_MODELS.items()
+            }
+        },
     ),
 ]
 

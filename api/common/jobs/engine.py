@@ -10,10 +10,30 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from api.common.errors import NotFound
 from api.common.jobs.process import DeviceProcesses, ProcessRunner
 from api.common.jobs.runner import JobHandler, Runner
 from api.common.jobs.schemas import Job
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE, JobStore
+
+
+class JobFeed:
+    """What a watcher of every job (the job list's SSE) has yet to hear of: the jobs that
+    changed since it last looked, each with whether only its progress did."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Event()
+        self._jobs: dict[str, bool] = {}  # job id → only its progress changed
+
+    def note(self, job_id: str, progress: bool) -> None:
+        self._jobs[job_id] = self._jobs.get(job_id, True) and progress
+        self.changed.set()
+
+    def take(self) -> dict[str, bool]:
+        """The jobs changed since the last call (id → only its progress), forgotten here."""
+        jobs, self._jobs = self._jobs, {}
+        self.changed.clear()
+        return jobs
 
 
 class JobEvents:
@@ -23,14 +43,17 @@ class JobEvents:
     learns whether anyone watches a job from a count kept behind a lock, and wakes them
     through ``call_soon_threadsafe``. Progress notices (one per denoising step) go only to
     watchers that asked for them (SSE): a ``wait=`` call wakes on status changes alone, so
-    the runner thread is not made to hand over the GIL once a step for nothing.
+    the runner thread is not made to hand over the GIL once a step for nothing. Feeds
+    (``watch_all``) hear of every job's changes, progress included.
     """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchers: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)  # loop's
+        self._feeds: set[JobFeed] = set()  # loop's
         self._lock = threading.Lock()
         self._interest: dict[str, list[int]] = {}  # job id → [watchers, progress watchers]
+        self._feed_count = 0  # behind the lock: how many feeds there are
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -40,7 +63,9 @@ class JobEvents:
         loop = self._loop
         with self._lock:
             watchers, progress_watchers = self._interest.get(job_id, (0, 0))
-        if loop is None or loop.is_closed() or not (progress_watchers if progress else watchers):
+            feeds = self._feed_count
+        wanted = feeds or (progress_watchers if progress else watchers)
+        if loop is None or loop.is_closed() or not wanted:
             return
         with contextlib.suppress(RuntimeError):  # loop closing during shutdown
             loop.call_soon_threadsafe(self._wake, job_id, progress)
@@ -49,6 +74,8 @@ class JobEvents:
         for event, wants_progress in self._watchers.get(job_id, {}).items():
             if wants_progress or not progress:
                 event.set()
+        for feed in self._feeds:
+            feed.note(job_id, progress)
 
     @contextlib.contextmanager
     def watch(self, job_id: str, progress: bool = False) -> Iterator[asyncio.Event]:
@@ -63,6 +90,20 @@ class JobEvents:
             self._watchers[job_id].pop(event, None)
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
+
+    @contextlib.contextmanager
+    def watch_all(self) -> Iterator[JobFeed]:
+        """A feed of every job's changes, progress included (call from the event loop)."""
+        feed = JobFeed()
+        self._feeds.add(feed)
+        with self._lock:
+            self._feed_count += 1
+        try:
+            yield feed
+        finally:
+            with self._lock:
+                self._feed_count -= 1
+            self._feeds.discard(feed)
 
     def _count(self, job_id: str, progress: bool, change: int) -> None:
         with self._lock:
@@ -82,6 +123,8 @@ class JobEngine:
     RUN_AND_WAIT_POLL_SECONDS = 0.05
     # A follower with nothing new gets a comment line this often (SSE keep-alive).
     KEEPALIVE_SECONDS = 15.0
+    # The job list's feed sends what changed at most this often (progress comes per step).
+    FEED_INTERVAL_SECONDS = 0.1
 
     def __init__(
         self,
@@ -146,6 +189,7 @@ class JobEngine:
         job = self.store.submit(kind, model, request, queue)
         with self._wake:
             self._wake.notify_all()
+        self.events.publish(job.id)
         return job
 
     def run_and_wait(
@@ -234,3 +278,41 @@ class JobEngine:
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), self.POLL_SECONDS)
+
+    async def follow_all(
+        self, status: str | None = None, kind: str | None = None, limit: int = 50
+    ) -> AsyncIterator[tuple[str, Any]]:
+        """(event, data) pairs for a live job list: first ``jobs``, the recent jobs as
+        ``GET /api/jobs`` lists them (``status``, ``kind``, ``limit``); then, as they
+        happen, ``job`` (a job submitted or changed, whatever its status and kind: the
+        client keeps those it shows), ``progress`` ({id, progress}) and ``queue`` (the
+        queue position of each queued job, by id, after a job joined or left the queue);
+        ``keepalive`` after a quiet spell. Never ends by itself."""
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        with self.events.watch_all() as feed:
+            jobs = await asyncio.to_thread(self.store.list, status, kind, limit)
+            yield "jobs", jobs
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(feed.changed.wait(), self.KEEPALIVE_SECONDS)
+                changed = feed.take()
+                if not changed:
+                    if loop.time() - quiet_since >= self.KEEPALIVE_SECONDS:
+                        yield "keepalive", {}
+                        quiet_since = loop.time()
+                    continue
+                for job_id, only_progress in changed.items():
+                    try:
+                        job = await self.get(job_id)
+                    except NotFound:
+                        continue
+                    if not only_progress:
+                        yield "job", job
+                    elif job.progress is not None:
+                        yield "progress", {"id": job.id, "progress": job.progress.model_dump()}
+                if not all(changed.values()):
+                    yield "queue", await asyncio.to_thread(self.store.queue_positions)
+                quiet_since = loop.time()
+                # Progress comes once a step: a client hears of it at most this often.
+                await asyncio.sleep(self.FEED_INTERVAL_SECONDS)

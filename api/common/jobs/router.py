@@ -86,6 +86,39 @@ def jobs_router(job_types: Sequence[type[Job]]) -> APIRouter:
         return [signed(request, job) for job in jobs]
 
     @router.get(
+        "/events",
+        operation_id="jobs_list_events",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}, **error_responses(422)},
+    )
+    async def list_events(
+        request: Request,
+        status: JobStatus | None = None,
+        kind: Kind | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> StreamingResponse:
+        """Server-Sent Events of the job list: ``jobs`` (the recent jobs, as ``GET
+        /api/jobs`` lists them), then ``job`` (any job submitted or changed, whatever its
+        status and kind), ``progress`` (``{id, progress}``) and ``queue`` (each queued
+        job's position, by id) as they happen. It does not end by itself."""
+        engine = engine_of(request)
+
+        async def stream() -> AsyncIterator[str]:
+            async for event, data in engine.follow_all(status, kind, limit):
+                if event == "keepalive":
+                    yield ": keepalive\n\n"
+                    continue
+                if event == "jobs":
+                    data = [signed(request, job) for job in data]
+                elif event == "job":
+                    data = signed(request, data)
+                yield f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
+
+    @router.get(
         "/{job_id}",
         operation_id="jobs_get",
         response_model=any_job,

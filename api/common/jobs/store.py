@@ -6,6 +6,7 @@ import json
 import sqlite3
 import threading
 import uuid
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,19 @@ class JobStore:
                 (error, _now()),
             )
             return cursor.rowcount
+
+    def queue_positions(self) -> dict[str, int]:
+        """The position of each queued job in its queue (1 = next), by id."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, queue FROM jobs WHERE status = 'queued' ORDER BY seq"
+            ).fetchall()
+        positions: dict[str, int] = {}
+        ahead: dict[str, int] = defaultdict(int)
+        for row in rows:
+            ahead[row["queue"]] += 1
+            positions[row["id"]] = ahead[row["queue"]]
+        return positions
 
     def queue_depth(self) -> dict[str, int]:
         with self._lock:

@@ -45,6 +45,9 @@ CAPS = {
 }
 MAX_WAIT = 0.5  # seconds a valid ``wait`` is cut to
 JOB_MODELS = ["sd1.5", "sdxl", "sd3", "flux-schnell"]  # every tiny family, in turn
+# The job list's event stream never ends by itself (a fuzzer's call would hang until its
+# timeout): its answers are checked in tests/web/test_page.py instead.
+ENDLESS = {"GET /api/jobs/events"}
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +125,8 @@ def test_every_operation_answers_as_documented(tmp_path: Path, tiny_models: Path
         for result in fuzzer.schema.get_all_operations():
             if isinstance(result, Err):  # an operation of the spec it couldn't read
                 raise result.err()
-            operations.append(result.ok())
+            if result.ok().label not in ENDLESS:
+                operations.append(result.ok())
         for operation in operations:
             for mode in schemathesis.GenerationMode:
                 try:

@@ -165,6 +165,7 @@ def assert_log_says_what_it_served(server: Server, job: dict, tmp_path: Path, ti
         "INFO api: auth: off (no DD_API_KEYS)\n",
         "INFO api: downloads: off (DD_ALLOW_DOWNLOADS=false)\n",
         "WARNING api: serving TINY RANDOM WEIGHTS for sd1.5, sdxl,",
+        f"INFO api: web page: {server.url}/\n",
         f"INFO api: API docs: {server.url}/docs\n",
     ]:
         assert before_listening.count(line) == 1, (line, log)

@@ -125,7 +125,7 @@ def test_tiny_models_wrong_name_is_one_line(tmp_path: Path):
 
 
 def test_start_up_summary_names_auth_never_the_keys(make_settings, caplog, monkeypatch):
-    from api.common.startup import docs_url, log_start_up
+    from api.common.startup import docs_url, log_start_up, server_url
     from api.main import create_app
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -140,3 +140,4 @@ def test_start_up_summary_names_auth_never_the_keys(make_settings, caplog, monke
     assert "s3cret-key" not in caplog.text and "other-key" not in caplog.text
     assert docs_url("::1", 5000) == "http://[::1]:5000/docs"
     assert docs_url("0.0.0.0", 80) == f"http://{socket.gethostname()}:80/docs"
+    assert server_url("::1", 5000) == "http://[::1]:5000"

@@ -31,12 +31,12 @@ def validate_request(request: SequenceRequest, services: Services) -> SequenceRe
     reason = unavailable_reason(llm, services)
     if reason is not None:
         raise InvalidField(reason, "model")
+    try:
+        texts_model = find_texts_model(request.texts_model)
+    except InvalidField as exc:
+        raise InvalidField(f"texts_model: {exc.message}", "texts_model") from None
     references = {name: getattr(request, name) for name in REFERENCE_FIELDS}
-    if any(references.values()):
-        try:
-            texts_model = find_texts_model(request.texts_model)
-        except InvalidField as exc:
-            raise InvalidField(exc.message, "texts_model") from None
+    if any(references.values()):  # the texts model will describe them: it must be here
         reason = texts_unavailable_reason(texts_model, services)
         if reason is not None:
             raise InvalidField(reason, "texts_model")

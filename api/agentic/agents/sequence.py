@@ -162,11 +162,12 @@ async def _run(
     token = CancellationToken()
     watcher = asyncio.create_task(_watch(cancelled, token))
     descriptions: dict[str, str] = {}
-    lock = threading.Lock()
+    locks = {role: threading.Lock() for role in brief.references}
 
     def described(role: str) -> str:
-        """A reference's description: asked of the texts model once per job."""
-        with lock:
+        """A reference's description: asked of the texts model once per job (the roles'
+        descriptions may be asked for at once, each a texts job of its own)."""
+        with locks[role]:
             if role not in descriptions:
                 steps.note(f"describing the {role} reference image")
                 descriptions[role] = describe(role)

@@ -7,7 +7,7 @@ known roles, each ``tool`` message answering an earlier assistant tool call by i
 function tools with a JSON schema) and answers as a storyboard LLM would: first a call to
 every ``describe_*`` tool not yet answered, then the ``final_result`` tool with a breakdown
 (one more shot per user message: a revision adds one). Its usage counts are the request's
-and the answer's sizes in bytes. Every request is recorded.
+messages' and the answer's sizes in characters. Every request is recorded.
 
 ``error`` (status, body) makes it answer that instead; ``answer`` replaces the breakdown's
 arguments; ``hold`` cleared makes requests wait until it is set (``arrived`` says one came).
@@ -117,6 +117,46 @@ def storyboard(body: dict[str, Any], answer: dict[str, Any] | None) -> dict[str,
     return {"role": "assistant", "content": json.dumps(arguments)}
 
 
+def chat_completion(
+    body: dict[str, Any],
+    authorization: str | None,
+    key: str,
+    answer: dict[str, Any] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """OpenAI's answer to a chat completions request: (status, body)."""
+    if authorization != f"Bearer {key}":
+        return 401, {
+            "error": {
+                "message": "Incorrect API key provided.",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+        }
+    refused = problem(body)
+    if refused:
+        return 400, {"error": {"message": refused, "type": "invalid_request_error"}}
+    message = storyboard(body, answer)
+    usage = {
+        "prompt_tokens": len(json.dumps(body["messages"])),
+        "completion_tokens": len(json.dumps(message)),
+    }
+    return 200, {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage | {"total_tokens": sum(usage.values())},
+    }
+
+
 def call(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": f"call_{uuid.uuid4().hex[:12]}",
@@ -141,46 +181,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.hold.wait(30)
         if self.path != "/v1/chat/completions":
             return self._answer(404, {"error": {"message": f"no route {self.path}"}})
-        if self.headers.get("Authorization") != f"Bearer {KEY}":
-            return self._answer(
-                401,
-                {
-                    "error": {
-                        "message": "Incorrect API key provided.",
-                        "type": "invalid_request_error",
-                        "code": "invalid_api_key",
-                    }
-                },
-            )
-        if self.server.error is not None:
+        if self.server.error is not None and self.headers.get("Authorization") == f"Bearer {KEY}":
             return self._answer(*self.server.error)
-        refused = problem(body)
-        if refused:
-            return self._answer(
-                400, {"error": {"message": refused, "type": "invalid_request_error"}}
-            )
-        message = storyboard(body, self.server.answer)
-        usage = {"prompt_tokens": len(data), "completion_tokens": len(json.dumps(message))}
-        for name, count in usage.items():
-            self.server.usage[name] += count
-        self._answer(
-            200,
-            {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body["model"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "finish_reason": "tool_calls" if message.get("tool_calls") else "stop",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": usage | {"total_tokens": sum(usage.values())},
-            },
+        status, answer = chat_completion(
+            body, self.headers.get("Authorization"), KEY, self.server.answer
         )
+        for name in self.server.usage:
+            self.server.usage[name] += answer.get("usage", {}).get(name, 0)
+        self._answer(status, answer)
 
     def _answer(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()

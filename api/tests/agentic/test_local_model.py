@@ -22,9 +22,7 @@ pytestmark = pytest.mark.slow
 API_KEY = "local-agent-secret"
 
 
-def test_local_model_through_the_servers_own_v1(
-    tmp_path: Path, tiny_models: Path, workspace: Path
-):
+def test_local_model_through_the_servers_own_v1(tmp_path: Path, tiny_models: Path, workspace: Path):
     scene = write_image(workspace / "storm.png", (32, 32))
     env = {
         name: value for name, value in os.environ.items() if not name.startswith(("DD_", "OPENAI_"))

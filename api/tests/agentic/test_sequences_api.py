@@ -203,7 +203,7 @@ def test_cancel_while_the_llm_thinks(client: TestClient, llm: FakeLLM):
             "antagonist_reference_image",
             "",
         ),
-        (story(texts_model="gpt-4o", scene_reference_image="x.png"), 422, "texts_model", ""),
+        (story(texts_model="qwen-2.5"), 422, "texts_model", "did you mean 'qwen-2.5-vl'"),
         (story(temperature=1), 422, "temperature", ""),
     ],
 )

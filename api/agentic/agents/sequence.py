@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pydantic_ai import Agent, CancellationToken, Tool
 from pydantic_ai.exceptions import (
     ModelAPIError,
+    ModelHTTPError,
     RunCancelled,
     UnexpectedModelBehavior,
     UsageLimitExceeded,
@@ -143,11 +144,25 @@ def run_sequence_agent(
     except RunCancelled as exc:
         raise JobCancelled(str(exc)) from None
     except ModelAPIError as exc:
-        raise JobFailure(f"the LLM {exc.model_name} failed: {exc}", type="provider_error") from exc
+        raise JobFailure(provider_message(exc, model.base_url), type="provider_error") from exc
     except (UnexpectedModelBehavior, UsageLimitExceeded) as exc:
         raise JobFailure(
             f"the LLM's answers did not make a breakdown: {exc}", type="provider_error"
         ) from exc
+
+
+def provider_message(error: ModelAPIError, base_url: str | None) -> str:
+    """The LLM provider's failure in a line: who, where, its status, and its own words."""
+    where = f" at {base_url}" if base_url else ""
+    if not isinstance(error, ModelHTTPError):
+        return f"could not reach the LLM {error.model_name}{where}: {error.message}"
+    body = error.body
+    said = body.get("message") if isinstance(body, dict) else None
+    code = body.get("code") if isinstance(body, dict) else None
+    return (
+        f"the LLM {error.model_name}{where} answered HTTP {error.status_code}: "
+        f"{said or body or error.message}{f' ({code})' if code else ''}"
+    )
 
 
 async def _run(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,8 +156,10 @@ def test_the_providers_failure_fails_the_job(client: TestClient, llm: FakeLLM):
     )
     job = submit(client, story())
     assert job["status"] == "failed" and job["error"]["type"] == "provider_error"
-    assert "maximum context length is 8 tokens" in job["error"]["message"]
-    assert "gpt-4o-mini" in job["error"]["message"]
+    assert job["error"]["message"] == (
+        f"the LLM gpt-4o-mini at {llm.base_url}/ answered HTTP 400: "
+        "This model's maximum context length is 8 tokens. (context_length_exceeded)"
+    )
     assert client.get("/health").status_code == 200  # the server keeps serving
 
 
@@ -165,6 +168,16 @@ def test_a_wrong_key_fails_the_job_with_the_providers_message(make_client, llm: 
     job = submit(client, story())
     assert job["status"] == "failed" and job["error"]["type"] == "provider_error"
     assert "Incorrect API key provided" in job["error"]["message"]
+
+
+def test_no_connection_to_the_llm_fails_the_job(make_client):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    client = make_client(openai_api_key=KEY, openai_base_url=url)
+    job = submit(client, story())
+    assert job["status"] == "failed" and job["error"]["type"] == "provider_error"
+    assert job["error"]["message"].startswith(f"could not reach the LLM gpt-4o-mini at {url}/")
 
 
 def test_answers_that_never_fit_the_breakdown_fail_as_provider_error(

@@ -18,7 +18,7 @@ from api.agentic.schemas import (
 )
 from api.agentic.settings import agent_settings
 from api.common.domain import OutputFile, WeightsInfo
-from api.common.errors import JobCancelled
+from api.common.errors import ApiError, JobCancelled, JobFailure
 from api.common.jobs.runner import JobContext
 from api.common.jobs.schemas import Job
 from api.common.services import Services
@@ -34,33 +34,32 @@ def listed_llms(services: Services) -> list[LLM]:
 
 
 def describe_models(services: Services) -> list[AgentModelInfo]:
-    """The agent's LLMs: the default one and this server's own texts models (any other
-    openai:<model> the endpoint serves may be named in a request too)."""
-    default = agent_settings(services.settings).agent_model
+    """The agent's LLMs: the default one (listed first) and this server's own texts models
+    (any other openai:<model> the endpoint serves may be named in a request too)."""
+    max_tokens = agent_settings(services.settings).agent_max_tokens
+    loaded = services.loaded_models()
+    listed = listed_llms(services)
     described = []
-    for llm in listed_llms(services):
+    for llm in listed:
         reason = unavailable_reason(llm, services)
         local = llm.provider == "local"
         weights = services.find_weights(llm.name, TEXT_MODELS[llm.name].repo) if local else None
         described.append(
             AgentModelInfo(
                 name=llm.spec,
-                family="openai-chat" if not local else "local-chat",
+                family="local-chat" if local else "openai-chat",
                 modes=["sequence"],
                 external=not local,
                 available=reason is None,
                 reason=reason,
-                defaults={
-                    "default_model": llm.spec == default,
-                    "max_tokens": agent_settings(services.settings).agent_max_tokens,
-                },
+                defaults={"default_model": llm == listed[0], "max_tokens": max_tokens},
                 weights=WeightsInfo(
                     repo=TEXT_MODELS[llm.name].repo if local else llm.name,
                     source=weights.source if weights else None,
                     present=not local or bool(weights and weights.source != "download"),
                     tiny=bool(weights and weights.tiny),
                 ),
-                loaded_on=[],
+                loaded_on=loaded.get(llm.name, []) if local else [],
             )
         )
     return described
@@ -68,7 +67,13 @@ def describe_models(services: Services) -> list[AgentModelInfo]:
 
 def run_sequence_job(services: Services, job: Job, context: JobContext) -> SequenceResult:
     """Break the job's story down with its LLM: progress per step, cancel at once."""
-    from api.agentic.agents.sequence import Brief, local_model, openai_model, run_sequence_agent
+    from api.agentic.agents.sequence import (
+        QUESTIONS,
+        Brief,
+        local_model,
+        openai_model,
+        run_sequence_agent,
+    )
 
     request = SequenceRequest.model_validate(job.request)
     assert request.model is not None  # filled at submit
@@ -82,15 +87,17 @@ def run_sequence_job(services: Services, job: Job, context: JobContext) -> Seque
     }
 
     def describe(role: str) -> str:
-        from api.agentic.agents.sequence import QUESTIONS
-
-        return describe_image(
-            services,
-            references[role],
-            QUESTIONS[role],
-            context.check_cancelled,
-            model=request.texts_model,
-        )
+        try:
+            return describe_image(
+                services,
+                references[role],
+                QUESTIONS[role],
+                context.check_cancelled,
+                model=request.texts_model,
+            )
+        except ApiError as exc:  # fine at submit, not any more (the file went away?)
+            field = f"{role}_reference_image"
+            raise JobFailure(f"{field}: {exc.message}", type="invalid_input") from None
 
     def report(step: int, total: int, text: str) -> None:
         with contextlib.suppress(JobCancelled):  # the run's watcher stops it

@@ -180,6 +180,22 @@ def test_no_connection_to_the_llm_fails_the_job(make_client):
     assert job["error"]["message"].startswith(f"could not reach the LLM gpt-4o-mini at {url}/")
 
 
+def test_a_reference_gone_before_its_description_fails_the_job(
+    client: TestClient, llm: FakeLLM, workspace: Path
+):
+    scene = write_image(workspace / "storm.png", (32, 32))
+    llm.hold.clear()
+    job = client.post(ROUTE, json=story(scene_reference_image=str(scene))).json()
+    assert llm.arrived.wait(60)
+    scene.unlink()  # while the LLM thinks: its tool call then finds no file
+    llm.hold.set()
+    done = client.get(f"/api/jobs/{job['id']}?wait=60").json()
+    assert done["status"] == "failed" and done["error"]["type"] == "invalid_input"
+    message = done["error"]["message"]
+    assert message.startswith("scene_reference_image: ") and str(scene) in message, message
+    assert texts_jobs(client) == []  # refused before a texts job was made
+
+
 def test_answers_that_never_fit_the_breakdown_fail_as_provider_error(
     client: TestClient, llm: FakeLLM
 ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,35 @@ def test_cancel_while_the_llm_thinks(client: TestClient, llm: FakeLLM):
     done = client.get(f"/api/jobs/{job['id']}?wait=30").json()
     assert done["status"] == "cancelled" and done["result"] is None
     llm.hold.set()
+
+
+def test_cancel_while_a_reference_is_described_cancels_its_texts_job(
+    client: TestClient, workspace: Path
+):
+    """The describe call is a texts job of its own: cancelling the agent cancels it too."""
+    busy = client.post(  # a long answer keeps the devices' runner busy (the texts contract's)
+        "/api/texts",
+        json={
+            "model": "qwen-2.5-vl",
+            "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": 2000,
+            "temperature": 1.0,
+            "seed": 5,
+        },
+    ).json()
+    scene = write_image(workspace / "storm.png", (32, 32))
+    job = client.post(ROUTE, json=story(scene_reference_image=str(scene))).json()
+    deadline = time.monotonic() + 60
+    while len(texts_jobs(client)) < 2:  # the describe job, queued behind the busy one
+        assert time.monotonic() < deadline, "the agent never asked for a description"
+        time.sleep(0.05)
+    progress = client.get(f"/api/jobs/{job['id']}").json()["progress"]
+    assert progress["status"] == "describing the scene reference image"
+    assert client.delete(f"/api/jobs/{job['id']}").status_code == 200
+    assert client.get(f"/api/jobs/{job['id']}?wait=30").json()["status"] == "cancelled"
+    [described] = [t for t in texts_jobs(client) if t["id"] != busy["id"]]
+    assert client.get(f"/api/jobs/{described['id']}?wait=30").json()["status"] == "cancelled"
+    client.delete(f"/api/jobs/{busy['id']}")
 
 
 @pytest.mark.parametrize(

@@ -114,12 +114,20 @@ class Steps:
             step, total = self.done, self.expected
         self._report(step, total, text)
 
+    def finish(self, text: str) -> None:
+        """The last step: the run's end (step = total)."""
+        with self._lock:
+            self.done += 1
+            self.expected = step = self.done
+        self._report(step, step, text)
+
 
 def expected_steps(brief: Brief, tools: bool) -> int:
     """Steps a run takes when all goes well: per turn an LLM request, and with references
-    one more request after their tool calls (or, without tools, their descriptions first)."""
+    one more request after their tool calls (or, without tools, their descriptions first);
+    then its end."""
     turns = 2 if brief.refinement_prompt else 1
-    return turns + len(brief.references) + (1 if brief.references and tools else 0)
+    return turns + len(brief.references) + (1 if brief.references and tools else 0) + 1
 
 
 def run_sequence_agent(
@@ -140,7 +148,7 @@ def run_sequence_agent(
     an answer that never fits the breakdown) raises JobFailure ``provider_error``."""
     steps = Steps(report, expected_steps(brief, tools))
     try:
-        return asyncio.run(_run(model, brief, describe, steps, cancelled, tools, max_tokens))
+        outcome = asyncio.run(_run(model, brief, describe, steps, cancelled, tools, max_tokens))
     except RunCancelled as exc:
         raise JobCancelled(str(exc)) from None
     except ModelAPIError as exc:
@@ -149,6 +157,8 @@ def run_sequence_agent(
         raise JobFailure(
             f"the LLM's answers did not make a breakdown: {exc}", type="provider_error"
         ) from exc
+    steps.finish(f"the breakdown is ready: {len(outcome.breakdown.shots)} shots")
+    return outcome
 
 
 def provider_message(error: ModelAPIError, base_url: str | None) -> str:

@@ -99,16 +99,22 @@ def test_each_reference_is_described_once_and_fed_back():
     assert texts[0] == "asking the LLM (first turn, request 1)"
     assert "describing the scene reference image" in texts
     assert "describing the protagonist reference image" in texts
-    assert texts[-1] == "asking the LLM (first turn, request 2)"
-    assert [step for step, _, _ in recorder.steps] == [1, 2, 3, 4]
-    assert all(step <= total for step, total, _ in recorder.steps)
+    assert texts[-2:] == [
+        "asking the LLM (first turn, request 2)",
+        "the breakdown is ready: 2 shots",
+    ]
+    assert [step for step, _, _ in recorder.steps] == [1, 2, 3, 4, 5]
+    assert all(total == 5 for _, total, _ in recorder.steps)  # as expected from the start
 
 
 def test_no_reference_no_tool():
     recorder = Recorder()
     outcome = run(FunctionModel(storyboarder), Brief("A keeper fights a storm."), recorder)
     assert recorder.described == [] and outcome.requests == 1 and outcome.described == 0
-    assert len(recorder.steps) == 1
+    assert recorder.steps == [
+        (1, 2, "asking the LLM (first turn, request 1)"),
+        (2, 2, "the breakdown is ready: 2 shots"),
+    ]
 
 
 def test_the_refinement_turn_carries_the_first_turns_messages():
@@ -127,7 +133,7 @@ def test_the_refinement_turn_carries_the_first_turns_messages():
     assert last == [first[0], "Add a shot."]  # the whole first turn, then the note
     assert len(outcome.breakdown.shots) == 3  # revised: the LLM saw two user prompts
     assert outcome.requests == 3
-    assert recorder.steps[-1][2] == "asking the LLM (refinement, request 1)"
+    assert recorder.steps[-2][2] == "asking the LLM (refinement, request 1)"
 
 
 def test_test_model_calls_every_tool_and_fills_the_schema():

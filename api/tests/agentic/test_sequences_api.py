@@ -114,7 +114,7 @@ def test_a_breakdown_with_references_described_by_the_texts_model(
     assert result == expected.model_dump(mode="json")
     assert result["shots"][0]["image_prompt"].startswith("Low angle, the keeper. Mara,")
     assert set(result) == {"scene", "protagonist", "antagonist", "shots", "usage"}
-    assert job["progress"]["status"] == "asking the LLM (first turn, request 2)"
+    assert job["progress"] == {"step": 5, "total": 5, "status": "the breakdown is ready: 2 shots"}
 
 
 def test_the_refinement_turn_carries_the_first_turns_history(

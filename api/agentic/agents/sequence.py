@@ -50,16 +50,16 @@ image by image and animate shot by shot.
 - When asked to revise, return the whole revised breakdown, not only the changes.
 """
 
-ROLES = ("scene", "protagonist", "antagonist")
+PERSON = (
+    "Describe the person in this picture for a film's casting and costume departments: "
+    "apparent age, gender, build, height, hair, eyes, skin, clothing and expression."
+)
+# What the texts model is asked of each reference image.
 QUESTIONS = {
     "scene": "Describe this picture for a film's storyboard: the place, the time of day, the "
     "weather, the light and its colours, the mood and the visual style.",
-    "protagonist": "Describe the person in this picture for a film's casting and costume "
-    "departments: apparent age, gender, build, height, hair, eyes, skin, clothing and "
-    "expression.",
-    "antagonist": "Describe the person in this picture for a film's casting and costume "
-    "departments: apparent age, gender, build, height, hair, eyes, skin, clothing and "
-    "expression.",
+    "protagonist": PERSON,
+    "antagonist": PERSON,
 }
 # How often a run looks whether its job was cancelled (the run then stops at once).
 CANCEL_POLL_SECONDS = 0.05

@@ -21,6 +21,7 @@ import redis
 
 from api.common.errors import Conflict, NotFound
 from api.common.jobs.schemas import Job, JobStatus
+from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
 from api.common.schemas import replace_invalid_text
 
 PREFIX = "dd:"
@@ -231,13 +232,21 @@ class RedisJobStore:
         return self.get(job_id)
 
     def queue_depth(self) -> dict[str, int]:
-        queued = sum(self.queue_depths().get(queue, {}).get("queued", 0) for queue in self.queues())
-        return {"queued": queued, "running": self.redis.scard(RUNNING)}
+        """Queued and running jobs in all."""
+        depths = self.queue_depths().values()
+        return {what: sum(depth[what] for depth in depths) for what in ("queued", "running")}
 
     def queues(self) -> builtins.list[str]:
-        """The queues that ever held a job."""
-        names = self.redis.scan_iter(match=queued_key("*"), count=1000)
-        return sorted(name.removeprefix(queued_key("")) for name in names)
+        """The devices' and the providers' queues, those with jobs waiting, and those the
+        live workers take jobs from."""
+        names = {DEVICE_QUEUE, EXTERNAL_QUEUE}
+        names.update(
+            name.removeprefix(queued_key(""))
+            for name in self.redis.scan_iter(match=queued_key("*"), count=1000)
+        )
+        for worker in self.workers():
+            names.update(worker["queues"])
+        return sorted(names)
 
     def queue_depths(self) -> dict[str, dict[str, int]]:
         """Queued and running jobs per queue."""

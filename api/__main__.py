@@ -55,7 +55,8 @@ def worker(args: argparse.Namespace) -> int:
     try:
         from api.domains import Settings
 
-        settings = load_settings(Settings)
+        # A worker serves no HTTP: DD_HOST (0.0.0.0 in the image) is not its to check.
+        settings = load_settings(Settings, host="127.0.0.1")
         if settings.broker_url is None:
             raise SettingsError(
                 "invalid settings:\n  DD_BROKER_URL: a worker needs the broker the API server "

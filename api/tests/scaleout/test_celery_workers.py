@@ -280,18 +280,25 @@ def test_killed_workers_job_runs_elsewhere_then_fails_interrupted(
     assert not (show / "long.png").exists()
 
     workers.start()
-    workers.start()
     after = http.post("/api/images?wait=120", json=QUICK)
     assert after.status_code == 200 and after.json()["status"] == "succeeded", after.text
 
 
 def test_api_restarted_with_jobs_queued(cluster: tuple[Server, Workers, Path]):
-    """No worker running: jobs wait in Redis; the API server killed and started again
-    still knows them, and the workers that come later run them all. A worker keeping a
-    model (``--models``) then gets that model's jobs."""
+    """A worker stopped (SIGTERM) mid-job puts its job back in the queue. No worker
+    running: jobs wait in Redis; the API server killed and started again still knows them,
+    and the workers that come later run them all. A worker keeping a model (``--models``)
+    then gets that model's jobs."""
     api, workers, show = cluster
     http = httpx.Client(base_url=api.url, timeout=60)
+    long = http.post("/api/images", json=LONG | {"output_image_path": f"{show}/long2.png"}).json()
+    running_on(http, long["id"])
     workers.stop_all()
+    requeued = http.get(f"/api/jobs/{long['id']}").json()
+    assert requeued["status"] == "queued", requeued
+    assert requeued["worker"] is None and requeued["started_at"] is None
+    assert requeued["queue_position"] == 1
+    assert http.delete(f"/api/jobs/{long['id']}").json()["status"] == "cancelled"
     ids = [
         http.post(
             "/api/images", json=QUICK | {"seed": s, "output_image_path": f"{show}/r{s}.png"}

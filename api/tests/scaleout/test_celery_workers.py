@@ -121,7 +121,8 @@ def cluster(
         "DD_MODELS_DIR": str(tiny_models),
         "DD_ALLOWED_ROOTS": json.dumps([str(show), str(tmp / "data")]),
         "DD_ALLOW_DOWNLOADS": "false",
-        "DD_WORKER_HEARTBEAT_SECONDS": "1",
+        "DD_WORKER_HEARTBEAT_SECONDS": "2",
+        "OMP_NUM_THREADS": "1",  # two workers on CI's two cores
         "DD_JOB_ATTEMPTS": "2",
         "HF_HUB_OFFLINE": "1",
     }

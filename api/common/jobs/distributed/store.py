@@ -278,13 +278,15 @@ class RedisJobStore:
         return self.get(job_id)
 
     def report_progress(
-        self, job_id: str, worker: str, progress: dict[str, Any]
+        self, job_id: str, worker: str, progress: dict[str, Any], ttl: float
     ) -> tuple[bool, bool]:
         """Save and announce a running job's progress, in one trip with the look at whether
-        it should stop: (cancel requested, taken from this worker)."""
+        it should stop: (cancel requested, taken from this worker). A step done is a sign of
+        life too: the worker's heartbeat is renewed for ``ttl`` seconds."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(job_key(job_id), "progress", json.dumps(progress))
         pipe.publish(EVENTS, f"{job_id} progress")
+        pipe.pexpire(worker_key(worker), int(ttl * 1000))
         pipe.hmget(job_key(job_id), "cancel_requested", "worker")
         *_, (cancel, owner) = pipe.execute()
         return cancel == "1", owner != worker

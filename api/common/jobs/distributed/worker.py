@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +48,8 @@ class WorkerJobContext(JobContext):
 
     def progress(self, step: int, total: int, **detail: str) -> None:
         info = {"step": step, "total": total} | detail
-        self._stop_if(*self.worker.store.report_progress(self.job_id, self.worker.name, info))
+        ttl = heartbeat_ttl(self.worker.settings)
+        self._stop_if(*self.worker.store.report_progress(self.job_id, self.worker.name, info, ttl))
 
     def check_cancelled(self) -> None:
         self._stop_if(*self.worker.store.should_stop(self.job_id, self.worker.name))
@@ -101,7 +103,11 @@ class Worker:
         self.store.beat(self.name, self.info(), heartbeat_ttl(self.settings))
 
     def _beat_forever(self) -> None:
-        while not self._beating.wait(self.settings.worker_heartbeat_seconds):
+        """Beat at a steady rate (the time a beat takes is not added to the interval)."""
+        interval = self.settings.worker_heartbeat_seconds
+        next_beat = time.monotonic() + interval
+        while not self._beating.wait(max(0.0, next_beat - time.monotonic())):
+            next_beat += interval
             try:
                 self.beat()
                 self.engine.reap()

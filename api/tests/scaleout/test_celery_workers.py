@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ import pytest
 import redis
 
 from api.tests.common.test_server_process import REPO, Server, free_port
+from api.tests.images.test_gpt_image import KEY as OPENAI_KEY
+from api.tests.images.test_gpt_image import FakeOpenAI
 
 REDIS_URL = "redis://127.0.0.1:6379/7"
 QUICK = {
@@ -111,6 +114,8 @@ def cluster(
     """The API server (no model runs in it) and two CPU workers sharing its data dir."""
     store = redis_client()
     store.flushdb()
+    provider = FakeOpenAI()  # gpt-image-1's jobs go to the external queue
+    threading.Thread(target=provider.serve_forever, args=(0.05,), daemon=True).start()
     tmp = tmp_path_factory.mktemp("scaleout")
     show = tmp / "show"
     show.mkdir()
@@ -125,6 +130,9 @@ def cluster(
         "OMP_NUM_THREADS": "1",  # two workers on CI's two cores
         "DD_JOB_ATTEMPTS": "2",
         "HF_HUB_OFFLINE": "1",
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_BASE_URL": provider.base_url,
+        "NO_PROXY": "127.0.0.1,localhost",
     }
     for name in ("DD_API_KEYS", "DD_HOST", "DD_LOG_LEVEL", "DD_DEVICE"):
         env.pop(name, None)
@@ -138,6 +146,8 @@ def cluster(
     finally:
         workers.stop_all()
         api.stop()
+        provider.shutdown()
+        provider.server_close()
         store.flushdb()
 
 
@@ -306,7 +316,13 @@ def test_api_restarted_with_jobs_queued(cluster: tuple[Server, Workers, Path]):
         ).json()["id"]
         for s in range(4)
     ]
-    assert http.get("/health").json()["queues"]["device"]["queued"] == 4
+    provider_job = http.post(
+        "/api/images", json={"model": "gpt-image-1", "prompt": "x", "max_width": 64}
+    ).json()
+    queues = http.get("/health").json()["queues"]
+    assert queues["device"] == {"queued": 4, "running": 0}
+    assert queues["external"] == {"queued": 1, "running": 0}  # never behind the GPU work
+    assert provider_job["queue_position"] == 1
     api.kill()
     api.start()
     assert [http.get(f"/api/jobs/{i}").json()["queue_position"] for i in ids] == [1, 2, 3, 4]
@@ -317,6 +333,9 @@ def test_api_restarted_with_jobs_queued(cluster: tuple[Server, Workers, Path]):
     assert [job["status"] for job in jobs] == ["succeeded"] * 4
     assert all((show / f"r{s}.png").is_file() for s in range(4))
     assert {pid_of(job) for job in jobs} == {general}  # queued before the keeper came
+    [done] = wait_all(http, [provider_job["id"]])
+    assert done["status"] == "succeeded", done
+    assert pid_of(done) == general  # the keeper takes only its model's queue
 
     routed = http.post("/api/images?wait=120", json=QUICK).json()
     assert routed["status"] == "succeeded"

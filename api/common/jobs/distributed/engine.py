@@ -191,10 +191,14 @@ class CeleryJobEngine(BaseJobEngine):
     def submit(
         self, kind: str, model: str, request: dict[str, Any], queue: str = DEVICE_QUEUE
     ) -> Job:
+        job = None
         try:
             job = self.store.submit(kind, model, request, self.route(model, queue))
             self.send(job.id)
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError) as exc:
+            if job is not None:  # stored but no message: it would wait forever
+                with contextlib.suppress(Exception):
+                    self.store.cancel(job.id)
             raise Unavailable(
                 f"the job broker {self.broker} can't be reached ({type(exc).__name__}); "
                 "nothing was queued"

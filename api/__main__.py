@@ -7,8 +7,13 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from api.common.settings import ServerSettings
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -64,6 +69,7 @@ def worker(args: argparse.Namespace) -> int:
             )
         queues = _names(args.queues)
         models = _names(args.models)
+        _check_models(settings, models)
         if args.device is None:
             from api.common.devices import compute_devices
 
@@ -102,16 +108,37 @@ def worker(args: argparse.Namespace) -> int:
         f"{masked_url(settings.broker_url.get_secret_value())}",
         file=sys.stderr,
     )
-    try:
-        codes = [child.wait() for child in children]
-    except KeyboardInterrupt:
-        codes = [child.wait() for child in children]
-    return max(codes)
+
+    def stop_children(number: int, _: object) -> None:
+        """SIGTERM (docker stop) or Ctrl-C: each worker puts its running job back, then ends."""
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(number)
+
+    signal.signal(signal.SIGTERM, stop_children)
+    signal.signal(signal.SIGINT, stop_children)
+    return max(child.wait() for child in children)
 
 
 def _names(values: list[str] | None) -> list[str]:
     """``a,b c`` → [a, b, c]."""
     return [name for value in values or [] for name in value.split(",") if name.strip()]
+
+
+def _check_models(settings: ServerSettings, models: list[str]) -> None:
+    """``--models``: names of registered models (else SettingsError)."""
+    from api.common.names import did_you_mean
+    from api.common.services import Services
+    from api.common.settings import SettingsError
+    from api.domains import DOMAINS
+
+    services = Services.from_settings(settings)
+    known = [model.name for domain in DOMAINS for model in domain.describe_models(services)]
+    for name in models:
+        if name not in known:
+            raise SettingsError(
+                f"invalid --models: no model {name!r}{did_you_mean(name, known, quote=True)}"
+            )
 
 
 def _device(device: str) -> str:
@@ -213,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         "come only to workers that name them (keeps a big model resident)",
     )
     args = parser.parse_args(argv)
-    commands_run = {"serve": serve, "tiny-models": tiny_models, "openapi": openapi}
-    return (commands_run | {"worker": worker})[args.command](args)
+    run = {"serve": serve, "worker": worker, "tiny-models": tiny_models, "openapi": openapi}
+    return run[args.command](args)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ class Workers:
         self.api = api
         self.processes: dict[int, subprocess.Popen] = {}
 
-    def start(self, *flags: str) -> int:
+    def launch(self, *flags: str) -> int:
         log = (self.logs / f"worker-{len(self.processes)}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "api", "worker", "--device", "cpu", *flags],
@@ -66,8 +66,12 @@ class Workers:
             stderr=subprocess.STDOUT,
         )
         self.processes[process.pid] = process
-        until(lambda: process.pid in self.pids(), f"worker {process.pid} in /health", self.log)
         return process.pid
+
+    def start(self, *pids: int) -> None:
+        """Wait until /health lists the launched workers ``pids`` (else launch one)."""
+        started = set(pids or [self.launch()])
+        until(lambda: started <= set(self.pids()), f"workers {started} in /health", self.log)
 
     def pids(self) -> list[int]:
         health = httpx.get(f"{self.api.url}/health", timeout=5).json()
@@ -140,8 +144,7 @@ def cluster(
     api.start()
     workers = Workers(env, tmp, api)
     try:
-        workers.start()
-        workers.start()
+        workers.start(workers.launch(), workers.launch())
         yield api, workers, show
     finally:
         workers.stop_all()
@@ -327,8 +330,8 @@ def test_api_restarted_with_jobs_queued(cluster: tuple[Server, Workers, Path]):
     api.start()
     assert [http.get(f"/api/jobs/{i}").json()["queue_position"] for i in ids] == [1, 2, 3, 4]
 
-    general = workers.start()
-    keeper = workers.start("--models", "sd1.5")
+    general, keeper = workers.launch(), workers.launch("--models", "sd1.5")
+    workers.start(general, keeper)
     jobs = wait_all(http, ids)
     assert [job["status"] for job in jobs] == ["succeeded"] * 4
     assert all((show / f"r{s}.png").is_file() for s in range(4))
@@ -358,3 +361,61 @@ def test_broker_password_never_shown(make_settings: Any):
         pass
     assert "s3cret" not in str(refused.value)
     assert "redis://:***@127.0.0.1:6379/7" in str(refused.value)
+
+
+def test_a_job_asking_for_a_job_through_the_workers(cluster: tuple[Server, Workers, Path]):
+    """services.jobs.run_and_wait (a domain asking another for work) on the distributed
+    engine, as a job on a worker calls it: the asked job runs on a worker; when the asking
+    job is cancelled meanwhile, the asked one is cancelled too."""
+    from api.common.jobs.distributed.engine import CeleryJobEngine
+    from api.domains import Settings
+
+    api, workers, show = cluster
+    http = httpx.Client(base_url=api.url, timeout=60)
+    request = http.get("/api/jobs", params={"limit": 1}).json()[0]["request"]
+    engine = CeleryJobEngine.from_settings(Settings(broker_url=REDIS_URL))
+    try:
+        done = engine.run_and_wait("images", "sd1.5", request | {"seed": 3}, lambda: None)
+        assert done.status == "succeeded" and done.worker in {
+            f"cpu on {w['host']} (pid {w['pid']})" for w in http.get("/health").json()["workers"]
+        }
+
+        class AskerCancelled(Exception):
+            pass
+
+        looks = []
+
+        def cancelled_after_a_while() -> None:
+            looks.append(1)
+            if len(looks) > 3:
+                raise AskerCancelled
+
+        long = request | {"num_inference_steps": 400, "max_width": 128, "max_height": 128}
+        with pytest.raises(AskerCancelled):
+            engine.run_and_wait("images", "sd1.5", long, cancelled_after_a_while)
+        [asked] = engine.store.list(limit=1)
+        assert http.get(f"/api/jobs/{asked.id}", params={"wait": 60}).json()["status"] == (
+            "cancelled"
+        )
+    finally:
+        engine.close()
+
+
+def test_worker_refuses_bad_settings(tmp_path: Path):
+    """No broker, or a device this machine lacks: exit status 2 and a message, at once."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DD_")}
+    env["DD_DATA_DIR"] = str(tmp_path)
+    worker = [sys.executable, "-m", "api", "worker"]
+    no_broker = subprocess.run(worker, env=env, cwd=REPO, capture_output=True, text=True)
+    assert no_broker.returncode == 2
+    assert "DD_BROKER_URL: a worker needs the broker" in no_broker.stderr
+    env["DD_BROKER_URL"] = "http://127.0.0.1:6379/7"
+    not_redis = subprocess.run(worker, env=env, cwd=REPO, capture_output=True, text=True)
+    assert not_redis.returncode == 2 and "must be a Redis URL" in not_redis.stderr
+    env["DD_BROKER_URL"] = REDIS_URL
+    bad_device = [*worker, "--device", "gpu0"]
+    refused = subprocess.run(bad_device, env=env, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--device 'gpu0'" in refused.stderr
+    typo = [*worker, "--device", "cpu", "--models", "sd15"]
+    refused = subprocess.run(typo, env=env, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode == 2 and "no model 'sd15' (did you mean 'sd1.5'" in refused.stderr

@@ -1,4 +1,4 @@
-"""``python -m api serve | tiny-models DIR | openapi``"""
+"""``python -m api serve | worker | tiny-models DIR | openapi``"""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import argparse
 import json
 import logging
 import os
+import re
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from api.common.settings import ServerSettings
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -41,6 +47,109 @@ def serve(args: argparse.Namespace) -> int:
     log_start_up(app)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
     return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """One Celery worker per device (DD_BROKER_URL): in this process for one device, else a
+    child process each, plus one for jobs at external providers."""
+    import subprocess
+
+    from api.common.logs import quiet_model_libraries
+    from api.common.settings import SettingsError, load_settings, masked_url
+
+    try:
+        from api.domains import Settings
+
+        # A worker serves no HTTP: DD_HOST (0.0.0.0 in the image) is not its to check.
+        settings = load_settings(Settings, host="127.0.0.1")
+        if settings.broker_url is None:
+            raise SettingsError(
+                "invalid settings:\n  DD_BROKER_URL: a worker needs the broker the API server "
+                "queues jobs on, e.g. DD_BROKER_URL=redis://redis-host:6379/0"
+            )
+        queues = _names(args.queues)
+        models = _names(args.models)
+        _check_models(settings, models)
+        if args.device is None:
+            from api.common.devices import compute_devices
+
+            devices = compute_devices("auto")
+        else:
+            devices = [_device(args.device)]
+    except SettingsError as exc:
+        print(f"deferred-diffusion worker: {exc}", file=sys.stderr)
+        return 2
+    gpus = [device for device in devices if device != "cpu"]
+    if len(devices) == 1 and (gpus == [] or args.device is not None):
+        device = devices[0]
+        # A CPU worker also takes the providers' jobs; one keeping models, only theirs.
+        default = ["device", "external"] if device == "cpu" else ["device"]
+        if models:
+            default = []
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format=f"%(asctime)s %(levelname)s %(name)s [{device}]: %(message)s",
+        )
+        quiet_model_libraries(debug=settings.log_level == "debug")
+        from api.common.jobs.distributed.worker import Worker
+        from api.common.media import limit_input_pixels
+
+        limit_input_pixels(settings.max_input_pixels)
+        Worker(settings, device, queues or default, models).main(settings.log_level)
+        return 0
+    # Every GPU: a worker process each on the devices' queue, and one for the providers.
+    extra = [*(["--queues", *queues] if queues else []), *(["--models", *models] if models else [])]
+    plans = [["--device", gpu, *extra] for gpu in gpus]
+    if not queues:
+        plans.append(["--device", "cpu", "--queues", "external"])
+    children = [subprocess.Popen([sys.executable, "-m", "api", "worker", *plan]) for plan in plans]
+    print(
+        f"deferred-diffusion: {len(children)} workers on "
+        f"{masked_url(settings.broker_url.get_secret_value())}",
+        file=sys.stderr,
+    )
+
+    def stop_children(number: int, _: object) -> None:
+        """SIGTERM (docker stop) or Ctrl-C: each worker puts its running job back, then ends."""
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(number)
+
+    signal.signal(signal.SIGTERM, stop_children)
+    signal.signal(signal.SIGINT, stop_children)
+    return max(child.wait() for child in children)
+
+
+def _names(values: list[str] | None) -> list[str]:
+    """``a,b c`` → [a, b, c]."""
+    return [name for value in values or [] for name in value.split(",") if name.strip()]
+
+
+def _check_models(settings: ServerSettings, models: list[str]) -> None:
+    """``--models``: names of registered models (else SettingsError)."""
+    from api.common.names import did_you_mean
+    from api.common.services import Services
+    from api.common.settings import SettingsError
+    from api.domains import DOMAINS
+
+    services = Services.from_settings(settings)
+    known = [model.name for domain in DOMAINS for model in domain.describe_models(services)]
+    for name in models:
+        if name not in known:
+            raise SettingsError(
+                f"invalid --models: no model {name!r}{did_you_mean(name, known, quote=True)}"
+            )
+
+
+def _device(device: str) -> str:
+    """``--device``: cpu or cuda[:N], a GPU this machine has (else SettingsError)."""
+    from api.common.devices import compute_devices
+    from api.common.settings import SettingsError
+
+    device = device.strip().lower()
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise SettingsError(f"invalid --device {device!r}: cpu, cuda or cuda:N")
+    return compute_devices(device)[0]
 
 
 def tiny_models(args: argparse.Namespace) -> int:
@@ -104,8 +213,35 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("dir", help="models folder (use it as DD_MODELS_DIR)")
     tiny.add_argument("--only", nargs="*", help="model names (default: all)")
     commands.add_parser("openapi", help="print the OpenAPI spec as JSON")
+    worker_parser = commands.add_parser(
+        "worker",
+        help="run jobs queued on DD_BROKER_URL (scale-out: Celery on Redis)",
+        description="Run the jobs an API server started with DD_BROKER_URL queues, one Celery "
+        "worker per device. Same settings (DD_*) as the server: share DD_BROKER_URL, the "
+        "models, the data dir and the show storage with it.",
+        epilog=settings_help(Settings),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    worker_parser.add_argument(
+        "--device",
+        help="cuda:N or cpu (default: every GPU, a worker each, plus one CPU worker for the "
+        "providers' jobs; the CPU alone where there is no GPU)",
+    )
+    worker_parser.add_argument(
+        "--queues",
+        nargs="+",
+        help="queues to take jobs from: device (models on this device), external (jobs at "
+        "providers); default: device, plus external on the CPU",
+    )
+    worker_parser.add_argument(
+        "--models",
+        nargs="+",
+        help="also take these models' own queues: while this worker is alive, their jobs "
+        "come only to workers that name them (keeps a big model resident)",
+    )
     args = parser.parse_args(argv)
-    return {"serve": serve, "tiny-models": tiny_models, "openapi": openapi}[args.command](args)
+    run = {"serve": serve, "worker": worker, "tiny-models": tiny_models, "openapi": openapi}
+    return run[args.command](args)
 
 
 if __name__ == "__main__":

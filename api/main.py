@@ -18,7 +18,7 @@ from api.common.devices import compute_devices
 from api.common.domain import Domain
 from api.common.errors import error_responses
 from api.common.http import BodyLimit, body_limit, install_docs, install_error_handlers
-from api.common.jobs.engine import JobEngine
+from api.common.jobs.engine import BaseJobEngine, JobEngine
 from api.common.jobs.process import DeviceProcesses
 from api.common.jobs.router import jobs_router
 from api.common.jobs.runner import JobContext, JobHandler
@@ -68,6 +68,34 @@ def uses_device_processes(settings: ServerSettings, devices: list[str]) -> bool:
     return settings.device_processes == "always" or gpus > 1
 
 
+def job_engine(
+    settings: ServerSettings,
+    services: Services,
+    domains: Sequence[Domain],
+    devices: list[str] | None,
+) -> BaseJobEngine:
+    """With DD_BROKER_URL, the distributed engine (Celery workers run the jobs; this process
+    runs no model); else the embedded one: jobs in SQLite, a runner per device here."""
+    if settings.broker_url is not None:
+        from api.common.jobs.distributed.engine import CeleryJobEngine  # celery: only then
+
+        distributed = CeleryJobEngine.from_settings(settings)
+        # /api/models says where each model is loaded: on which live worker.
+        distributed.on_workers = lambda workers: services.note_workers(
+            {worker["name"]: worker["loaded_models"] for worker in workers}
+        )
+        return distributed
+    store = JobStore(services.data_dir / "jobs.sqlite3")
+    devices = devices or compute_devices(settings.device)
+    handlers, warm_up = job_functions(services, domains)
+    processes = (
+        DeviceProcesses(settings, job_functions, services)
+        if uses_device_processes(settings, devices)
+        else None
+    )
+    return JobEngine(store, handlers, devices, warm_up, processes)
+
+
 def create_app(
     settings: ServerSettings | None = None,
     devices: list[str] | None = None,
@@ -85,15 +113,7 @@ def create_app(
     limit_input_pixels(settings.max_input_pixels)
     services = Services.from_settings(settings)
     links = LinkSigner(load_secret(services.data_dir), settings.url_expiry_seconds)
-    store = JobStore(services.data_dir / "jobs.sqlite3")
-    devices = devices or compute_devices(settings.device)
-    handlers, warm_up = job_functions(services, domains)
-    processes = (
-        DeviceProcesses(settings, job_functions, services)
-        if uses_device_processes(settings, devices)
-        else None
-    )
-    engine = JobEngine(store, handlers, devices, warm_up, processes)
+    engine = job_engine(settings, services, domains, devices)
     services.jobs = engine
 
     @asynccontextmanager
@@ -108,7 +128,7 @@ def create_app(
             yield
         finally:
             await asyncio.to_thread(engine.stop)
-            store.close()
+            engine.store.close()
             unlock_data_dir(services.data_dir)
 
     kinds = ", ".join(domain.kind for domain in domains)

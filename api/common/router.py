@@ -6,6 +6,7 @@ import hmac
 import os
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -116,13 +117,36 @@ class QueueDepth(BaseModel):
     running: int
 
 
+class WorkerInfo(BaseModel):
+    """A worker of a distributed server, as its last heartbeat described it."""
+
+    name: str = Field(examples=["cuda:0 on gpu-box-2 (pid 4242)"])
+    host: str
+    pid: int
+    device: str = Field(examples=["cuda:0"])
+    queues: list[str] = Field(description="The queues it takes jobs from.")
+    models: list[str] = Field(description="Models whose own queue it takes (--models).")
+    current_job: str | None = Field(description="The id of the job it runs now.")
+    loaded_models: list[str]
+    last_heartbeat: datetime
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
-    devices: list[DeviceInfo]
+    devices: list[DeviceInfo] = Field(description="The devices this process runs jobs on.")
     queue: QueueDepth
     warming_up: list[str] = Field(description="Devices still loading their DD_WARMUP models.")
     warning: str | None = Field(None, description="Set when tiny random weights are served.")
+    broker: str | None = Field(
+        None, description="Distributed (DD_BROKER_URL): the broker, its password masked."
+    )
+    workers: list[WorkerInfo] | None = Field(
+        None, description="Distributed: the workers alive now (their heartbeats)."
+    )
+    queues: dict[str, QueueDepth] | None = Field(
+        None, description="Distributed: queued and running jobs per queue."
+    )
 
 
 @health_router.get(
@@ -145,6 +169,9 @@ def health(request: Request) -> Health:
         queue=QueueDepth(**engine.store.queue_depth()),
         warming_up=[runner.device for runner in engine.runners if runner.warming],
         warning=warning,
+        broker=engine.broker,
+        workers=engine.workers(),
+        queues=engine.queue_depths(),
     )
 
 

@@ -24,7 +24,8 @@ class Services:
     # one domain's job ask another domain for work (a job of its own, on its queue). None in
     # a device's worker process.
     jobs: Any = None
-    # Models resident in the worker processes of devices whose jobs run there: device → names.
+    # Models resident in the worker processes of devices whose jobs run there (or on the
+    # workers of a distributed engine): device (worker) → names.
     _elsewhere: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,3 +91,8 @@ class Services:
         """What a device's worker process reported resident (its ``loaded_models``)."""
         with self._lock:
             self._elsewhere[device] = sorted(loaded)
+
+    def note_workers(self, loaded: dict[str, list[str]]) -> None:
+        """What the live workers of a distributed engine keep resident: worker → names."""
+        with self._lock:
+            self._elsewhere = {worker: sorted(names) for worker, names in loaded.items()}

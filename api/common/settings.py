@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -134,6 +135,28 @@ class ServerSettings(BaseSettings):
         description="where compiled kernels are kept across restarts "
         "(unset: <data dir>/compile-cache)",
     )
+    # Scale-out (DESIGN §4): jobs through Celery on Redis, run by `python -m api worker`.
+    broker_url: SecretStr | None = Field(
+        None,
+        description="redis://[:password@]host:6379/N: queue jobs through Celery on this Redis "
+        "(shared with the workers, which run them: `python -m api worker`); unset: jobs run "
+        "in this process",
+        examples=["redis://:secret@redis-host:6379/0"],
+    )
+    worker_heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="with DD_BROKER_URL: how often a worker says it is alive; one unheard for "
+        "three beats is gone, and its job runs again elsewhere (or fails as interrupted)",
+    )
+    job_attempts: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="with DD_BROKER_URL: how many workers may die running one job before it "
+        "fails as interrupted instead of running again",
+    )
     # The providers' keys, under their usual names (not DD_): read here, passed to the SDKs.
     openai_api_key: SecretStr | None = Field(
         None,
@@ -158,6 +181,18 @@ class ServerSettings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        if urlsplit(url).scheme not in ("redis", "rediss") or not urlsplit(url).hostname:
+            raise ValueError(
+                f"must be a Redis URL, redis://[:password@]host:port/db; got {masked_url(url)}"
+            )
+        return SecretStr(url)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -216,6 +251,16 @@ class ServerSettings(BaseSettings):
         if roots is None:
             roots = [self.data_dir, Path.home()]
         return [Path(root).expanduser().resolve() for root in roots]
+
+
+def masked_url(url: str) -> str:
+    """A URL as it may be shown (logs, /health): its password, if any, replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
 def is_loopback(host: str) -> bool:

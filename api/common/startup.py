@@ -61,7 +61,11 @@ def log_start_up(app: FastAPI) -> None:
     domains = app.state.domains.values()
     models = [model for domain in domains for model in domain.describe_models(services)]
     log.info("deferred-diffusion %s", __version__)
-    log.info("devices: %s", ", ".join(devices))
+    engine = app.state.engine
+    if engine.broker is not None:
+        log.info("jobs: queued on %s for the workers (python -m api worker)", engine.broker)
+    else:
+        log.info("devices: %s", ", ".join(devices))
     log.info("data dir: %s", services.data_dir)
     log.info("models dir: %s", services.models_dir)
     log.info("allowed roots: %s", ", ".join(str(root) for root in settings.roots))

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from api.common.errors import NotFound
 from api.common.jobs.process import DeviceProcesses, ProcessRunner
@@ -114,8 +115,27 @@ class JobEvents:
                 del self._interest[job_id]
 
 
-class JobEngine:
-    """Submit, look up, cancel and follow jobs; runs them on one runner per device."""
+class JobRecords(Protocol):
+    """Where an engine keeps its jobs (the embedded JobStore, or Redis when distributed):
+    what the HTTP side reads."""
+
+    def get(self, job_id: str) -> Job: ...
+
+    def list(
+        self, status: str | None = None, kind: str | None = None, limit: int = 50
+    ) -> list[Job]: ...
+
+    def queue_depth(self) -> dict[str, int]: ...
+
+    def queue_positions(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+class BaseJobEngine(ABC):
+    """What the HTTP side and the domains use, whichever engine runs the jobs: submit, look
+    up, cancel, wait for and follow jobs. ``JobEngine`` runs them in this process;
+    ``api.common.jobs.distributed.CeleryJobEngine`` hands them to Celery workers."""
 
     # A waiting client re-reads the job at least this often, even without a notice.
     POLL_SECONDS = 1.0
@@ -126,71 +146,41 @@ class JobEngine:
     # The job list's feed sends what changed at most this often (progress comes per step).
     FEED_INTERVAL_SECONDS = 0.1
 
-    def __init__(
-        self,
-        store: JobStore,
-        handlers: dict[str, JobHandler],
-        devices: list[str],
-        warm_up: Callable[[str], None] | None = None,
-        processes: DeviceProcesses | None = None,
-    ):
+    broker: str | None = None  # where a distributed engine queues jobs (password masked)
+
+    def __init__(self, store: JobRecords, devices: list[str]) -> None:
         self.store = store
-        self.handlers = handlers
-        self.devices = devices
-        self.warm_up = warm_up  # run by each runner (with its device) before its first job
-        self.processes = processes  # when given, each device's jobs run in a process of its own
-        self.events = JobEvents()
-        self._wake = threading.Condition()
+        self.devices = devices  # the devices this process runs jobs on
         self.runners: list[Runner] = []
+        self.events = JobEvents()
 
+    @abstractmethod
     def start(self, loop: asyncio.AbstractEventLoop) -> int:
-        """Fail jobs a dead process left running, then start the runners; returns that count."""
-        self.events.bind(loop)
-        interrupted = self.store.fail_interrupted()
-        self.runners = [self._runner(device) for device in self.devices]
-        # Jobs at external providers (OpenAI, Runway) never wait behind GPU work: their own
-        # runner, a thread of this process, with no device and nothing to warm up.
-        self.runners.append(
-            Runner(
-                "cpu",
-                self.store,
-                self.handlers,
-                self.events.publish,
-                self._wake,
-                None,
-                EXTERNAL_QUEUE,
-            )
-        )
-        for runner in self.runners:
-            runner.start()
-        return interrupted
+        """Start running (or handing out) jobs; returns how many jobs a dead process left
+        running were failed."""
 
-    def _runner(self, device: str) -> Runner:
-        args = (device, self.store, self.handlers, self.events.publish, self._wake, self.warm_up)
-        if self.processes is not None:
-            return ProcessRunner(*args, processes=self.processes)
-        return Runner(*args)
-
+    @abstractmethod
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop taking jobs; a running job stops at its next step and is queued again (it
-        runs when the server is back). One stuck longer than ``timeout`` (a model load) is
-        left to the next start, which fails it as interrupted."""
-        for runner in self.runners:
-            runner.stop()
-            if runner.current is not None:
-                self.store.interrupt(runner.current)
-        for runner in self.runners:
-            runner.join(timeout)
+        """Stop taking jobs."""
 
+    @abstractmethod
     def submit(
         self, kind: str, model: str, request: dict[str, Any], queue: str = DEVICE_QUEUE
     ) -> Job:
         """Queue a job: on the devices, or (``EXTERNAL_QUEUE``) for a provider's model."""
-        job = self.store.submit(kind, model, request, queue)
-        with self._wake:
-            self._wake.notify_all()
-        self.events.publish(job.id)
-        return job
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> Job:
+        """Cancel: a queued job never runs; a running one stops at its next step."""
+
+    def workers(self) -> list[dict[str, Any]] | None:
+        """The workers seen running jobs (distributed engines); None when this process runs
+        them."""
+        return None
+
+    def queue_depths(self) -> dict[str, dict[str, int]] | None:
+        """Queued and running jobs per queue (distributed engines), or None."""
+        return None
 
     def run_and_wait(
         self,
@@ -212,11 +202,6 @@ class JobEngine:
                 raise
             time.sleep(self.RUN_AND_WAIT_POLL_SECONDS)
             job = self.store.get(job.id)
-        return job
-
-    def cancel(self, job_id: str) -> Job:
-        job = self.store.cancel(job_id)
-        self.events.publish(job_id)
         return job
 
     async def get(self, job_id: str) -> Job:
@@ -316,3 +301,77 @@ class JobEngine:
                 quiet_since = loop.time()
                 # Progress comes once a step: a client hears of it at most this often.
                 await asyncio.sleep(self.FEED_INTERVAL_SECONDS)
+
+
+class JobEngine(BaseJobEngine):
+    """The embedded engine: jobs in SQLite, run on one runner per device in this process."""
+
+    store: JobStore
+
+    def __init__(
+        self,
+        store: JobStore,
+        handlers: dict[str, JobHandler],
+        devices: list[str],
+        warm_up: Callable[[str], None] | None = None,
+        processes: DeviceProcesses | None = None,
+    ):
+        super().__init__(store, devices)
+        self.handlers = handlers
+        self.warm_up = warm_up  # run by each runner (with its device) before its first job
+        self.processes = processes  # when given, each device's jobs run in a process of its own
+        self._wake = threading.Condition()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> int:
+        """Fail jobs a dead process left running, then start the runners; returns that count."""
+        self.events.bind(loop)
+        interrupted = self.store.fail_interrupted()
+        self.runners = [self._runner(device) for device in self.devices]
+        # Jobs at external providers (OpenAI, Runway) never wait behind GPU work: their own
+        # runner, a thread of this process, with no device and nothing to warm up.
+        self.runners.append(
+            Runner(
+                "cpu",
+                self.store,
+                self.handlers,
+                self.events.publish,
+                self._wake,
+                None,
+                EXTERNAL_QUEUE,
+            )
+        )
+        for runner in self.runners:
+            runner.start()
+        return interrupted
+
+    def _runner(self, device: str) -> Runner:
+        args = (device, self.store, self.handlers, self.events.publish, self._wake, self.warm_up)
+        if self.processes is not None:
+            return ProcessRunner(*args, processes=self.processes)
+        return Runner(*args)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; a running job stops at its next step and is queued again (it
+        runs when the server is back). One stuck longer than ``timeout`` (a model load) is
+        left to the next start, which fails it as interrupted."""
+        for runner in self.runners:
+            runner.stop()
+            if runner.current is not None:
+                self.store.interrupt(runner.current)
+        for runner in self.runners:
+            runner.join(timeout)
+
+    def submit(
+        self, kind: str, model: str, request: dict[str, Any], queue: str = DEVICE_QUEUE
+    ) -> Job:
+        """Queue a job: on the devices, or (``EXTERNAL_QUEUE``) for a provider's model."""
+        job = self.store.submit(kind, model, request, queue)
+        with self._wake:
+            self._wake.notify_all()
+        self.events.publish(job.id)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.store.cancel(job_id)
+        self.events.publish(job_id)
+        return job

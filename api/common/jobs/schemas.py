@@ -59,7 +59,9 @@ class Job(BaseModel):
     result: dict[str, Any] | None = None
     error: JobError | None = None
     worker: str | None = Field(
-        None, description='What ran it, e.g. "runner-cuda:1"; null while queued.'
+        None,
+        description='What ran it, e.g. "runner-cuda:1", or with DD_BROKER_URL the worker: '
+        '"cuda:1 on gpu-02 (pid 4242)"; null while queued.',
     )
 
     @property

@@ -102,7 +102,7 @@ def test_16_bit_outputs_keep_the_float_decode(client: TestClient, workspace: Pat
     else:
         with tifffile.TiffFile(out) as tiff:
             deep = tiff.asarray()
-            meta = json.loads(tiff.pages[0].description)
+            meta = json.loads(tiff.pages.first.description)
     assert deep.dtype == np.uint16 and deep.shape == (64, 64, 3)
     # The same image as the 8-bit one, with the levels between its steps.
     assert np.abs(deep / 65535 * 255 - pixels(eight)).max() <= 0.5 + 1e-6
@@ -116,7 +116,7 @@ def test_8_bit_tiff(client: TestClient, workspace: Path):
     run_job(client, body | {"output_image_path": str(workspace / "a.tif")})
     with tifffile.TiffFile(workspace / "a.tif") as tiff:
         assert tiff.asarray().dtype == np.uint8
-        assert json.loads(tiff.pages[0].description)["seed"] == 7
+        assert json.loads(tiff.pages.first.description)["seed"] == 7
     assert np.array_equal(pixels(workspace / "a.tif"), pixels(workspace / "a.png"))
 
 

@@ -220,6 +220,43 @@ def check_image_bytes(data: bytes, field: str) -> None:
         raise InvalidField(f"{field} is not a readable image: {exc}", field) from None
 
 
+def read_metadata(source: Path | bytes, field: str) -> dict[str, Any]:
+    """The metadata this server wrote into an output (a PNG's text, an EXR's header, a
+    TIFF's, JPEG's or WebP's description), read without decoding the pixels; a 4xx naming
+    ``field`` when there is none."""
+    text: Any = None
+    try:
+        file: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+        with file:
+            magic = file.read(len(EXR_MAGIC))
+            file.seek(0)
+            if magic == EXR_MAGIC:
+                import OpenEXR
+
+                text = OpenEXR.File(file, header_only=True).header().get(METADATA_KEY)
+            else:
+                with Image.open(file, formats=_OPEN_FORMATS) as image:
+                    if image.format == "PNG":
+                        text = image.info.get(METADATA_KEY)  # chunks before the pixels
+                    else:  # TIFF, JPEG, WebP: ImageDescription
+                        text = image.getexif().get(0x010E)
+    except Image.DecompressionBombError:
+        raise _bomb(field, "") from None
+    except Exception as exc:  # PIL and OpenEXR raise many types for what they can't read
+        raise InvalidField(f"{field} is not a readable image: {exc}", field) from None
+    try:
+        metadata = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise InvalidField(
+            f"{field} carries no {METADATA_KEY} metadata: it was not written by this server "
+            "(or its metadata was stripped)",
+            field,
+        )
+    return metadata
+
+
 # A JPEG's EXIF segment holds at most 64 KiB: room for the metadata's JSON.
 JPEG_DESCRIPTION_CHARS = 60_000
 

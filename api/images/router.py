@@ -113,6 +113,13 @@ def recorded_request(services: Services, image_path: str) -> dict[str, Any]:
     else:
         source = services.paths.resolve_input_path(image_path, field)
     metadata = read_metadata(source, field)
+    if metadata.get("metadata_shortened"):
+        raise InvalidField(
+            f"{field}: its metadata was shortened to fit a JPEG's EXIF (64 KiB), so its "
+            f"request is not whole; re-run its job instead (POST /api/jobs/"
+            f"{metadata.get('job_id')}/rerun)",
+            field,
+        )
     recorded = metadata.get("request")
     if not isinstance(recorded, dict):
         raise InvalidField(

@@ -105,7 +105,8 @@ def test_the_readme_curl_examples_run_verbatim(
         ).json()
     finally:
         server.stop()
-    submits = len(re.findall(r"/api/(images|videos|texts)\b", script))
+    # each submit and each re-run (of a job, or from an output) is a job
+    submits = len(re.findall(r"/api/(?:images|videos|texts)\b(?!/rerun)|/rerun\b", script))
     assert len(jobs) == submits, run.stdout  # every example was accepted
     for job in jobs:
         if job["model"] == "segment-anything" and job["status"] == "failed":
@@ -113,7 +114,19 @@ def test_the_readme_curl_examples_run_verbatim(
             assert job["error"]["type"] == "nothing_found"
             continue
         assert job["status"] == "succeeded", job
-    for name in ("crate.png", "night.png", "car.png", "depth.exr", "plate_x4.png", "gen.mp4"):
+    for name in (
+        "crate.png",
+        "night.png",
+        "car.png",
+        "depth.exr",
+        "plate_x4.png",
+        "gen.mp4",
+        "crates_0003.png",
+        "night.exr",
+        "night16.tif",
+        "night_7.exr",
+        "crate_again.png",
+    ):
         assert (show / "shots" / "sh010" / name).is_file(), name
     assert (show / "shots" / "sh010" / "frames" / "plate_gen.1001.png").is_file()
     assert (cwd / "out.png").stat().st_size > 0  # the download, by its signed link

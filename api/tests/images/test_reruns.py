@@ -123,11 +123,16 @@ def test_an_exr_runs_again_from_its_file(client: TestClient, workspace: Path):
 
 
 def test_what_cannot_be_rerun_is_refused(client: TestClient, workspace: Path, tmp_path: Path):
+    # a JPEG of a long prompt: its metadata was cut to fit, so its request is not whole
+    long = image_request(workspace, "text_to_image", model="sd1.5", prompt="😀" * 10_000)
+    jpeg = workspace / "long.jpg"
+    job = run_job(client, long | {"output_image_path": str(jpeg)})
     foreign = write_image(workspace / "foreign.png")
     cases = [
         (str(foreign), 422, "carries no deferred-diffusion metadata"),
         ("/etc/passwd", 403, "outside the allowed roots"),
         (str(workspace / "missing.png"), 422, "does not exist"),
+        (str(jpeg), 422, f"re-run its job instead (POST /api/jobs/{job['id']}/rerun)"),
     ]
     before = files_under(tmp_path)
     for path, status, message in cases:
@@ -142,5 +147,5 @@ def test_what_cannot_be_rerun_is_refused(client: TestClient, workspace: Path, tm
     Image.new("RGB", (8, 8)).save(forged, pnginfo=chunk)
     response = client.post("/api/images/rerun", json={"image_path": str(forged)})
     assert response.status_code == 422 and response.json()["error"]["field"] == "seed"
-    assert client.get("/api/jobs").json() == []
+    assert len(client.get("/api/jobs").json()) == 1  # only the JPEG's
     assert files_under(tmp_path) == sorted([*before, forged])

@@ -86,8 +86,8 @@ def rerun_router(domains: Sequence[Domain]) -> APIRouter:
         ``overrides``, as a new job. Same request, machine and weights → same pixels."""
         engine = request.app.state.engine
         job = await engine.get(job_id)
-        domain: Domain = request.app.state.domains[job.kind]
-        if domain.check_request is None:
+        domain: Domain | None = request.app.state.domains.get(job.kind)
+        if domain is None or domain.check_request is None:
             raise Conflict(f"jobs of kind {job.kind} can't be re-run; submit the request again")
         overrides = body.overrides if body is not None else {}
         submission = await run_in_threadpool(

@@ -149,3 +149,14 @@ def test_what_cannot_be_rerun_is_refused(client: TestClient, workspace: Path, tm
     assert response.status_code == 422 and response.json()["error"]["field"] == "seed"
     assert len(client.get("/api/jobs").json()) == 1  # only the JPEG's
     assert files_under(tmp_path) == sorted([*before, forged])
+
+
+def test_a_job_of_a_kind_without_reruns_answers_409(client: TestClient):
+    """Only image jobs can be re-run for now: another kind's is refused, nothing queued."""
+    body = {"model": "qwen-2.5-vl", "messages": [{"role": "user", "content": "hello"}]}
+    job = client.post("/api/texts", json=body).json()
+    response = client.post(f"/api/jobs/{job['id']}/rerun")
+    assert response.status_code == 409, response.text
+    assert "jobs of kind texts can't be re-run" in response.json()["error"]["message"]
+    client.delete(f"/api/jobs/{job['id']}")
+    assert len(client.get("/api/jobs").json()) == 1

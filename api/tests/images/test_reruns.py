@@ -152,7 +152,7 @@ def test_what_cannot_be_rerun_is_refused(client: TestClient, workspace: Path, tm
 
 
 def test_a_job_of_a_kind_without_reruns_answers_409(client: TestClient):
-    """Only image jobs can be re-run for now: another kind's is refused, nothing queued."""
+    """Image and video jobs can be re-run; a text job is refused, nothing queued."""
     body = {"model": "qwen-2.5-vl", "messages": [{"role": "user", "content": "hello"}]}
     job = client.post("/api/texts", json=body).json()
     response = client.post(f"/api/jobs/{job['id']}/rerun")

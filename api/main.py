@@ -25,6 +25,7 @@ from api.common.jobs.runner import JobContext, JobHandler
 from api.common.jobs.schemas import Job
 from api.common.jobs.store import JobStore
 from api.common.media import limit_input_pixels
+from api.common.rerun import rerun_router
 from api.common.services import Services
 from api.common.settings import ServerSettings, load_settings
 from api.common.signing import LinkSigner, load_secret
@@ -159,6 +160,7 @@ def create_app(
         common.models_router([d.model_info for d in domains]), prefix="/api", **guarded
     )
     app.include_router(jobs_router([domain.job for domain in domains]), prefix="/api", **guarded)
+    app.include_router(rerun_router(domains), prefix="/api", **guarded)
     for domain in domains:
         app.include_router(domain.router, prefix="/api", **guarded)
         for prefix, router in domain.extra_routers:

@@ -70,6 +70,15 @@ class OutputFile:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """A request checked as at submit: what the job engine queues."""
+
+    model: str
+    request: dict[str, Any]  # as validated, defaults filled (JSON)
+    queue: str  # common.jobs.store's DEVICE_QUEUE or EXTERNAL_QUEUE
+
+
+@dataclass(frozen=True)
 class Domain:
     """Everything the server needs to serve one domain."""
 
@@ -94,3 +103,7 @@ class Domain:
     build_tiny_models: Callable[[Path, list[str] | None], list[str]] | None = None
     # Extra routes beside /api (e.g. an OpenAI-compatible /v1), behind the same API keys.
     extra_routers: tuple[tuple[str, APIRouter], ...] = field(default=())
+    # POST /api/jobs/{id}/rerun: a request body of this kind checked exactly as its submit
+    # route checks one (a pydantic ValidationError or an ApiError naming the field), or
+    # None where its jobs can't be re-run.
+    check_request: Callable[[Services, dict[str, Any]], Submission] | None = None

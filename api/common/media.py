@@ -1,4 +1,5 @@
-"""Reading input images and encoding outputs (PNG with generation metadata, float EXR)."""
+"""Reading input images and encoding outputs (PNG, TIFF and EXR with generation metadata;
+8- and 16-bit, half and full float)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, BinaryIO
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from api.common.errors import InvalidField
-from api.common.png import COLOUR_TYPES, encode_png
+from api.common.png import COLOUR_TYPES, encode_png, encode_png_pixels
 
 IMAGE_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_KEY = "deferred-diffusion"
@@ -219,6 +220,43 @@ def check_image_bytes(data: bytes, field: str) -> None:
         raise InvalidField(f"{field} is not a readable image: {exc}", field) from None
 
 
+def read_metadata(source: Path | bytes, field: str) -> dict[str, Any]:
+    """The metadata this server wrote into an output (a PNG's text, an EXR's header, a
+    TIFF's, JPEG's or WebP's description), read without decoding the pixels; a 4xx naming
+    ``field`` when there is none."""
+    text: Any = None
+    try:
+        file: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+        with file:
+            magic = file.read(len(EXR_MAGIC))
+            file.seek(0)
+            if magic == EXR_MAGIC:
+                import OpenEXR
+
+                text = OpenEXR.File(file, header_only=True).header().get(METADATA_KEY)
+            else:
+                with Image.open(file, formats=_OPEN_FORMATS) as image:
+                    if image.format == "PNG":
+                        text = image.info.get(METADATA_KEY)  # chunks before the pixels
+                    else:  # TIFF, JPEG, WebP: ImageDescription
+                        text = image.getexif().get(0x010E)
+    except Image.DecompressionBombError:
+        raise _bomb(field, "") from None
+    except Exception as exc:  # PIL and OpenEXR raise many types for what they can't read
+        raise InvalidField(f"{field} is not a readable image: {exc}", field) from None
+    try:
+        metadata = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise InvalidField(
+            f"{field} carries no {METADATA_KEY} metadata: it was not written by this server "
+            "(or its metadata was stripped)",
+            field,
+        )
+    return metadata
+
+
 # A JPEG's EXIF segment holds at most 64 KiB: room for the metadata's JSON.
 JPEG_DESCRIPTION_CHARS = 60_000
 
@@ -246,20 +284,46 @@ def _jpeg_description(metadata: dict[str, Any]) -> str:
     return text
 
 
+def _png_text(metadata: dict[str, Any]) -> dict[str, str]:
+    """A PNG's text chunks: each metadata item (JSON for non-strings), and the whole of it
+    under METADATA_KEY. JSON keeps non-ASCII text as UTF-8 (iTXt): escaped, a long prompt of
+    emoji would take three times the bytes."""
+    text = {
+        key: value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        for key, value in metadata.items()
+        if value is not None
+    }
+    text[METADATA_KEY] = json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+    return text
+
+
+def _tiff(pixels: Any, metadata: dict[str, Any]) -> bytes:
+    """An 8- or 16-bit RGB (or grey) TIFF, deflated, the metadata's JSON as its
+    ImageDescription (an ASCII tag: non-ASCII text escaped)."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(
+        buffer,
+        pixels,
+        photometric="rgb" if pixels.ndim == 3 else "minisblack",
+        compression="zlib",
+        description=json.dumps(metadata, sort_keys=True),
+        software=metadata.get("software"),
+        metadata=None,
+    )
+    return buffer.getvalue()
+
+
 def encode_image(image: Image.Image, suffix: str, metadata: dict[str, Any]) -> bytes:
     """Encode ``image`` for ``suffix``; PNGs carry every metadata item as a text chunk."""
     buffer = io.BytesIO()
     suffix = suffix.lower()
     if suffix == ".png":
-        text = {
-            key: value if isinstance(value, str) else json.dumps(value)
-            for key, value in metadata.items()
-            if value is not None
-        }
-        text[METADATA_KEY] = json.dumps(metadata, sort_keys=True)
+        text = _png_text(metadata)
         if image.mode in COLOUR_TYPES:
             return encode_png(image, text)
-        info = PngImagePlugin.PngInfo()  # other modes (16-bit...): PIL's encoder
+        info = PngImagePlugin.PngInfo()  # other modes (16-bit grey...): PIL's encoder
         for key, value in text.items():
             info.add_text(key, value)
         image.save(buffer, format="PNG", pnginfo=info, compress_level=1)
@@ -271,9 +335,37 @@ def encode_image(image: Image.Image, suffix: str, metadata: dict[str, Any]) -> b
         exif = Image.Exif()
         exif[0x010E] = json.dumps(metadata, sort_keys=True)
         image.save(buffer, format="WEBP", quality=95, exif=exif)
+    elif suffix in (".tif", ".tiff"):
+        import numpy as np
+
+        return _tiff(np.asarray(image.convert("RGB")), metadata)
     else:
         raise ValueError(f"unsupported image suffix {suffix}")
     return buffer.getvalue()
+
+
+def encode_image_16(srgb: Any, suffix: str, metadata: dict[str, Any]) -> bytes:
+    """A float HxWx3 sRGB image in 0..1 as a 16-bit PNG or TIFF (each value rounded to the
+    nearest of 65536 levels: no 8-bit step on the way)."""
+    import numpy as np
+
+    pixels = (np.clip(srgb, 0, 1) * 65535).round().astype(np.uint16)
+    suffix = suffix.lower()
+    if suffix == ".png":
+        return encode_png_pixels(pixels, _png_text(metadata))
+    if suffix in (".tif", ".tiff"):
+        return _tiff(pixels, metadata)
+    raise ValueError(f"no 16-bit {suffix} output")
+
+
+def srgb_to_linear(srgb: Any) -> Any:
+    """sRGB-encoded values (0..1) decoded to linear light (IEC 61966-2-1's curve)."""
+    import numpy as np
+
+    values = np.clip(np.asarray(srgb, dtype=np.float32), 0, 1)
+    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4).astype(
+        np.float32
+    )
 
 
 # Header attributes that OpenEXR defines itself: metadata never goes over them.
@@ -283,23 +375,38 @@ _EXR_STANDARD_ATTRIBUTES = frozenset(
 )
 
 
-def encode_exr(array: Any, metadata: dict[str, Any]) -> bytes:
-    """A float32 HxW array as a one-channel ("Y") OpenEXR, ZIP-compressed, full float.
-
-    Every metadata item is a string attribute of the header (JSON for non-strings), and the
-    whole of it is in the ``deferred-diffusion`` attribute, as in PNG outputs.
-    """
-    import numpy as np
+def _exr(channels: dict[str, Any], metadata: dict[str, Any]) -> bytes:
+    """An OpenEXR of ``channels``, ZIP-compressed. Every metadata item is a string attribute
+    of the header (JSON for non-strings), and the whole of it is in the
+    ``deferred-diffusion`` attribute, as in PNG outputs."""
     import OpenEXR
 
-    pixels = np.ascontiguousarray(array, dtype=np.float32)
-    if pixels.ndim != 2:
-        raise ValueError(f"EXR output needs an HxW array, got shape {pixels.shape}")
     header: dict[str, Any] = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
     for key, value in metadata.items():
         if value is not None and key not in _EXR_STANDARD_ATTRIBUTES:
             header[key] = value if isinstance(value, str) else json.dumps(value)
     header[METADATA_KEY] = json.dumps(metadata, sort_keys=True)
     buffer = io.BytesIO()
-    OpenEXR.File(header, {"Y": pixels}).write(buffer)
+    OpenEXR.File(header, channels).write(buffer)
     return buffer.getvalue()
+
+
+def encode_exr(array: Any, metadata: dict[str, Any]) -> bytes:
+    """A float32 HxW array as a one-channel ("Y") OpenEXR, full float (depth)."""
+    import numpy as np
+
+    pixels = np.ascontiguousarray(array, dtype=np.float32)
+    if pixels.ndim != 2:
+        raise ValueError(f"EXR output needs an HxW array, got shape {pixels.shape}")
+    return _exr({"Y": pixels}, metadata)
+
+
+def encode_linear_exr(srgb: Any, metadata: dict[str, Any]) -> bytes:
+    """A float HxWx3 sRGB image (0..1) as a half-float scene-linear RGB OpenEXR (channels
+    R, G, B), what a compositor reads without a colour transform."""
+    import numpy as np
+
+    pixels = np.ascontiguousarray(srgb_to_linear(srgb).astype(np.float16))
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"an RGB EXR needs an HxWx3 array, got shape {pixels.shape}")
+    return _exr({"RGB": pixels}, metadata)

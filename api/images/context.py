@@ -66,8 +66,16 @@ def mode_of(model: ImageModel, request: AnyImageRequest) -> Mode:
     return Mode.text_to_image
 
 
+# What a generative model's output may be: 8-bit pictures, 8- or 16-bit PNG and TIFF
+# (bit_depth), half-float linear EXR.
+GENERATED_OUTPUT_SUFFIXES = (*IMAGE_OUTPUT_SUFFIXES, ".tif", ".tiff", ".exr")
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+
+
 def output_suffixes(mode: Mode, request: AnyImageRequest) -> tuple[str, ...]:
     """What output_image_path may end with; the first is the default output's suffix."""
+    if isinstance(request, ImageRequest):
+        return GENERATED_OUTPUT_SUFFIXES
     if mode == Mode.depth:
         assert isinstance(request, DepthRequest)  # a depth model's request
         if request.depth_format == "exr":
@@ -83,10 +91,13 @@ class Picture:
     beside it as ``<stem>_<name><suffix>`` (e.g. one mask per detected object)."""
 
     image: Image.Image
-    array: np.ndarray | None = None  # float32 data (depth) for formats that keep it
+    # Float data for formats that keep it: depth (HxW, as predicted), or a generated image
+    # (HxWx3, sRGB in 0..1) when the output is an EXR or 16 bits a channel.
+    array: np.ndarray | None = None
     name: str = ""
     label: str | None = None
     score: float | None = None
+    seed: int | None = None  # a generated image's own seed (a batch's: seed + its index)
 
 
 @dataclass
@@ -107,6 +118,14 @@ class ImageContext(Generic[RequestT]):
     # One per request.ip_adapters: the reference as given, and its mask at width x height.
     adapter_images: list[Image.Image] = field(default_factory=list)
     adapter_masks: list[Image.Image | None] = field(default_factory=list)
+
+    @property
+    def float_output(self) -> bool:
+        """Whether the model's float pixels are kept: an EXR or a 16-bit output."""
+        if not isinstance(self.request, ImageRequest):
+            return False
+        exr = self.output_path is not None and self.output_path.suffix.lower() == ".exr"
+        return exr or self.request.bit_depth == 16
 
     def metadata(self, tiny: bool) -> dict[str, Any]:
         """Every parameter of the run, written into the output file (None: doesn't apply)."""
@@ -136,6 +155,7 @@ class ImageContext(Generic[RequestT]):
             else None,
             "noise_level": UPSCALE_NOISE_LEVEL if mode == Mode.upscale else None,
             "depth_format": fields.get("depth_format"),
+            "bit_depth": fields.get("bit_depth"),
             "box_threshold": fields.get("box_threshold"),
             "text_threshold": fields.get("text_threshold"),
             "controlnets": [

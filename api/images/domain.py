@@ -7,7 +7,7 @@ from pathlib import Path
 from api.common.domain import Domain
 from api.images import service
 from api.images.registry import weights_folders
-from api.images.router import router
+from api.images.router import check_request, router
 from api.images.schemas import ImageJob, ImageModelInfo
 from api.images.settings import ImageSettings, check_settings
 
@@ -31,4 +31,5 @@ IMAGES = Domain(
     warm_up=service.warm_up,
     tiny_model_names=weights_folders(),
     build_tiny_models=build_tiny_models,
+    check_request=check_request,
 )

@@ -30,6 +30,9 @@ MAX_SIDE = 4096
 # tiny-models): their UNets and transformers are built for 8x8 latents, i.e. 64 px.
 TINY_SIZE = 64
 MAX_STEPS = 500
+# A batch (num_images): image i (from 0) of a batch seeded s is the image seed s + i gives alone.
+MAX_IMAGES = 16
+MAX_SEED = 2**63  # seeds are below it
 
 # sd-x4-upscaler: the input is upscaled in tiles of the model's width x height input pixels
 # (128 in -> 512 out, the crop size the model was trained at), neighbours overlapping by

@@ -13,7 +13,9 @@ from api.common.schemas import InputPath, Name, OutputPath, Prompt, RequestModel
 from api.images.registry import (
     IMAGE_MODELS,
     MAX_CONTROLNETS,
+    MAX_IMAGES,
     MAX_IP_ADAPTERS,
+    MAX_SEED,
     MAX_SIDE,
     MAX_STEPS,
     ControlNetKind,
@@ -27,7 +29,7 @@ Seed = Annotated[
     int | None,
     Field(
         ge=0,
-        lt=2**63,
+        lt=MAX_SEED,
         description="Random when absent; the seed used is in the job's request and result.",
     ),
 ]
@@ -149,6 +151,21 @@ class ImageRequest(ImageRequestBase):
         max_length=MAX_IP_ADAPTERS,
         description="IP-Adapters, applied together (sd1.5 and sdxl).",
     )
+    num_images: int = Field(
+        1,
+        ge=1,
+        le=MAX_IMAGES,
+        description="How many images, in one job. Image n (from 1) gets seed + n - 1, is "
+        "written as <name>_0001<ext>, <name>_0002<ext>... beside output_image_path (which "
+        "names the batch: its own path is written only for num_images 1), and is the image "
+        "that seed gives alone: re-run any one with its seed and num_images 1.",
+    )
+    bit_depth: Literal[8, 16] = Field(
+        8,
+        description="Bits per channel of a .png or .tif output: 16 keeps the model's float "
+        "output (no 8-bit banding). An .exr output is always half-float linear (sRGB "
+        "decoded); .jpg and .webp are 8-bit.",
+    )
 
 
 class TaskRequest(ImageRequestBase):
@@ -217,11 +234,18 @@ class ImageOutput(BaseModel):
     )
     label: str | None = Field(None, description="Segmentation: what this mask is of.")
     score: float | None = Field(None, description="Segmentation: detection confidence.")
+    seed: int | None = Field(
+        None,
+        description="Diffusion models: this image's own seed (in a batch, the job's seed + "
+        "its index): with num_images 1, that seed makes it again.",
+    )
 
 
 class ImageResult(BaseModel):
     images: list[ImageOutput]
-    seed: int | None = Field(description="The seed used; null for models that take none.")
+    seed: int | None = Field(
+        description="The seed used (a batch's first); null for models that take none."
+    )
     mode: Mode
     tiny_weights: bool = Field(description="Made with tiny random weights (tests): noise.")
     timings: dict[str, float] = Field(description="Seconds: load_s, inference_s, write_s...")

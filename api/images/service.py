@@ -16,7 +16,7 @@ from api.common.domain import OutputFile
 from api.common.files import write_output
 from api.common.jobs.runner import JobContext
 from api.common.jobs.schemas import Job
-from api.common.media import encode_exr, encode_image
+from api.common.media import encode_exr, encode_image, encode_image_16, encode_linear_exr
 from api.common.models import Weights
 from api.common.runtime import ModelFamily, ModelRuntime
 from api.common.services import Services
@@ -235,7 +235,9 @@ def write_pictures(
     pictures: list[Picture],
     tiny: bool,
 ) -> list[ImageOutput]:
-    """Write each picture (atomically, with its take when the client named the path)."""
+    """Write each picture (atomically, with its take when the client named the path). A
+    batch's n-th image is ``<name>_000n<ext>``; each file carries the request that makes it
+    again (its own seed and path, num_images 1, for an image of a batch)."""
     base = ctx.output_path
     keep_take = base is not None
     roots = services.paths.roots  # the client's path: inside the allowed roots
@@ -247,15 +249,25 @@ def write_pictures(
         "job_id": job.id,
         "software": f"deferred-diffusion {__version__}",
     }
+    request = ctx.request.model_dump(mode="json")
+    batch = isinstance(ctx.request, ImageRequest) and ctx.request.num_images > 1
     to_client = services.paths.to_client
     outputs = []
-    for picture in pictures:
-        path = base.with_name(f"{base.stem}_{picture.name}{base.suffix}") if picture.name else base
-        extra = {"label": picture.label, "score": picture.score} if picture.name else {}
-        if path.suffix.lower() == ".exr":  # float data (depth) as it came out of the model
-            data = encode_exr(picture.array, metadata | extra)
-        else:
-            data = encode_image(picture.image, path.suffix, metadata | extra)
+    for number, picture in enumerate(pictures, 1):
+        path, again, extra = base, request, {}
+        if batch:
+            path = base.with_name(f"{base.stem}_{number:04d}{base.suffix}")
+            again = request | {
+                "num_images": 1,
+                "output_image_path": to_client(path) if keep_take else None,
+            }
+        elif picture.name:
+            path = base.with_name(f"{base.stem}_{picture.name}{base.suffix}")
+            extra = {"label": picture.label, "score": picture.score}
+        if picture.seed is not None:
+            again = again | {"seed": picture.seed}
+            extra["seed"] = picture.seed
+        data = encode_picture(picture, path.suffix, metadata | extra | {"request": again})
         take = write_output(path, data, roots, "output_image_path", keep_take)
         outputs.append(
             ImageOutput(
@@ -266,6 +278,21 @@ def write_pictures(
                 take_path=to_client(take) if take else None,
                 label=picture.label,
                 score=picture.score,
+                seed=picture.seed,
             )
         )
     return outputs
+
+
+def encode_picture(picture: Picture, suffix: str, metadata: dict[str, Any]) -> bytes:
+    """A picture's file: from its float data where the format keeps it (EXR: depth as
+    predicted, a generated image linear half float; 16-bit PNG/TIFF), else 8-bit."""
+    array = picture.array
+    if suffix.lower() == ".exr":
+        assert array is not None  # validation allows .exr only where the model gives floats
+        if array.ndim == 2:
+            return encode_exr(array, metadata)
+        return encode_linear_exr(array, metadata)
+    if array is not None and array.ndim == 3:  # float kept for bit_depth 16
+        return encode_image_16(array, suffix, metadata)
+    return encode_image(picture.image, suffix, metadata)

@@ -16,7 +16,13 @@ from api.common.inputs import InputImages
 from api.common.names import did_you_mean
 from api.common.schemas import MAX_NAME_CHARS, find_invalid_text
 from api.common.services import Services
-from api.images.context import DEPTH_MODEL, find_model, mode_of, output_suffixes
+from api.images.context import (
+    DEPTH_MODEL,
+    SIXTEEN_BIT_SUFFIXES,
+    find_model,
+    mode_of,
+    output_suffixes,
+)
 from api.images.registry import (
     CONTROLNET_MODES,
     CONTROLNETS,
@@ -24,6 +30,7 @@ from api.images.registry import (
     IP_ADAPTER_IMAGE_ENCODER,
     IP_ADAPTER_WEIGHTS,
     IP_ADAPTERS,
+    MAX_SEED,
     UPSCALE_FACTOR,
     UPSCALE_MAX_SIDE,
     WITHOUT_ADAPTERS,
@@ -157,6 +164,7 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
                 "input_image_path",
             )
     if isinstance(request, ImageRequest):
+        check_generated_outputs(model, mode, request, defaults["seed"])
         checked |= check_generative_inputs(model, mode, request, inputs)
         check_adapter_weights(model, request, services)
         weights = None
@@ -181,6 +189,45 @@ def sampling_defaults(model: ImageModel, request: ImageRequest | UpscaleRequest)
             request.guidance_scale if request.guidance_scale is not None else model.guidance_scale
         ),
     }
+
+
+def check_generated_outputs(
+    model: ImageModel, mode: Mode, request: ImageRequest, seed: int
+) -> None:
+    """A batch's seeds must all be seeds; EXR and 16-bit outputs need the model's float
+    pixels (a diffusion model's, whole: not pasted back as 8-bit crops)."""
+    if seed + request.num_images - 1 >= MAX_SEED:
+        raise InvalidField(
+            f"seed {seed} with num_images {request.num_images}: the batch's last seed would be "
+            f"over {MAX_SEED - 1}; use a smaller seed",
+            "seed",
+        )
+    path = request.output_image_path
+    suffix = Path(path).suffix.lower() if path else ".png"
+    if request.bit_depth == 16 and suffix not in SIXTEEN_BIT_SUFFIXES:
+        raise InvalidField(
+            f"bit_depth 16 needs a .png or .tif output_image_path, not {suffix} (an .exr is "
+            "always half float; .jpg and .webp are 8-bit)",
+            "bit_depth",
+        )
+    field = "output_image_path" if suffix == ".exr" else "bit_depth"
+    what = "an .exr output" if suffix == ".exr" else "bit_depth 16"
+    if (suffix == ".exr" or request.bit_depth == 16) and model.external:
+        raise InvalidField(
+            f"{field}: {model.name} sends 8-bit images; {what} needs a diffusion model's float "
+            "output (write .png, .jpg or .webp with bit_depth 8)",
+            field,
+        )
+    if (
+        (suffix == ".exr" or request.bit_depth == 16)
+        and mode == Mode.inpainting
+        and not request.inpainting_full_image
+    ):
+        raise InvalidField(
+            f"inpainting_full_image: inpainting a crop pastes it back in 8 bits; {what} needs "
+            "inpainting_full_image true",
+            "inpainting_full_image",
+        )
 
 
 def check_generative_inputs(

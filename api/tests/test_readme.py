@@ -120,8 +120,12 @@ def test_the_readme_curl_examples_run_verbatim(
         ).json()
     finally:
         server.stop()
-    submits = len(re.findall(r"/api/(images|videos|texts|agentic/sequences)\b", script))
-    described = script.count("_reference_image")  # the agent's: a texts job per reference
+    # each submit and each re-run (of a job, or from an output) is a job, and the agent
+    # asks for a texts job per reference image it is given
+    submits = len(
+        re.findall(r"/api/(?:images|videos|texts|agentic/sequences)\b(?!/rerun)|/rerun\b", script)
+    )
+    described = script.count("_reference_image")
     assert len(jobs) == submits + described, run.stdout  # every example was accepted
     for job in jobs:
         if job["model"] == "segment-anything" and job["status"] == "failed":
@@ -129,7 +133,19 @@ def test_the_readme_curl_examples_run_verbatim(
             assert job["error"]["type"] == "nothing_found"
             continue
         assert job["status"] == "succeeded", job
-    for name in ("crate.png", "night.png", "car.png", "depth.exr", "plate_x4.png", "gen.mp4"):
+    for name in (
+        "crate.png",
+        "night.png",
+        "car.png",
+        "depth.exr",
+        "plate_x4.png",
+        "gen.mp4",
+        "crates_0003.png",
+        "night.exr",
+        "night16.tif",
+        "night_7.exr",
+        "crate_again.png",
+    ):
         assert (show / "shots" / "sh010" / name).is_file(), name
     assert (show / "shots" / "sh010" / "frames" / "plate_gen.1001.png").is_file()
     assert (cwd / "out.png").stat().st_size > 0  # the download, by its signed link

@@ -7,7 +7,7 @@ from pathlib import Path
 from api.common.domain import Domain
 from api.videos import service
 from api.videos.registry import VIDEO_MODELS
-from api.videos.router import router
+from api.videos.router import check_request, router
 from api.videos.schemas import VideoJob, VideoModelInfo
 from api.videos.settings import VideoSettings
 
@@ -29,4 +29,5 @@ VIDEOS = Domain(
     settings=VideoSettings,
     tiny_model_names=tuple(name for name, model in VIDEO_MODELS.items() if not model.external),
     build_tiny_models=build_tiny_models,
+    check_request=check_request,
 )

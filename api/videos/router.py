@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.common.domain import Submission
 from api.common.errors import error_responses
 from api.common.jobs.router import WaitSeconds, job_response
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
+from api.common.services import Services
 from api.videos.context import find_model
 from api.videos.schemas import VideoJob, VideoRequest
 from api.videos.validation import validate_request
@@ -34,9 +36,19 @@ async def create_video(
     an H.264 mp4, and optionally a PNG per frame."""
     services = request.app.state.services
     engine = request.app.state.engine
-    checked = await run_in_threadpool(validate_request, body, services)
-    queue = EXTERNAL_QUEUE if find_model(checked.model).external else DEVICE_QUEUE
+    checked = submission(await run_in_threadpool(validate_request, body, services))
     job = await run_in_threadpool(
-        engine.submit, "videos", checked.model, checked.model_dump(mode="json"), queue
+        engine.submit, "videos", checked.model, checked.request, checked.queue
     )
     return await job_response(request, job, wait, response)
+
+
+def submission(checked: VideoRequest) -> Submission:
+    """A checked request as the job engine queues it (a provider's model: its own queue)."""
+    queue = EXTERNAL_QUEUE if find_model(checked.model).external else DEVICE_QUEUE
+    return Submission(checked.model, checked.model_dump(mode="json"), queue)
+
+
+def check_request(services: Services, body: dict[str, Any]) -> Submission:
+    """A request body checked exactly as POST /api/videos checks one (re-runs)."""
+    return submission(validate_request(VideoRequest.model_validate(body), services))

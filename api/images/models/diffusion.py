@@ -295,7 +295,6 @@ def _call_arguments(
         "guidance_scale": request.guidance_scale,
         "width": ctx.width,
         "height": ctx.height,
-        "generator": torch.Generator("cpu").manual_seed(ctx.seed),
         "callback_on_step_end": on_step_end,
         "output_type": "pil",
     }
@@ -349,18 +348,43 @@ def run(
     if components and low_vram:
         pipe.enable_model_cpu_offload(device=device)
     loaded_at = time.perf_counter()
-    arguments = _call_arguments(ctx, pipe, runtime.progress, controls)
-    if device.startswith("cuda") and "padding_mask_crop" not in arguments:
-        arguments["output_type"] = "pt"  # to 8 bits on the GPU (tensor_to_pil), not numpy
-    if adapters is None:
-        output = pipe(**arguments)
-    else:
-        with ip_adapters_loaded(pipe, ctx, adapters, device) as adapter_arguments:
-            output = pipe(**arguments, **adapter_arguments)
+    count = ctx.request.num_images
+    assert ctx.seed is not None  # validate_request filled it in (random when not given)
+    index = 0  # of the image being made
+
+    def progress(step: int, total: int) -> None:  # over the whole batch
+        runtime.progress(index * total + step, count * total)
+
+    arguments = _call_arguments(ctx, pipe, progress, controls)
+    if "padding_mask_crop" not in arguments:  # (its paste-back works on 8-bit pictures)
+        if device.startswith("cuda"):
+            arguments["output_type"] = "pt"  # to 8 bits on the GPU (tensor_to_pil), not numpy
+        elif ctx.float_output:
+            arguments["output_type"] = "np"
+    pictures = []
+    with contextlib.ExitStack() as stack:
+        if adapters is not None:
+            arguments |= stack.enter_context(ip_adapters_loaded(pipe, ctx, adapters, device))
+        # One call per image, each with its own generator: image i of a batch is exactly the
+        # image its seed gives alone (a batched call's kernels may round differently).
+        for index in range(count):
+            seed = ctx.seed + index
+            generator = torch.Generator("cpu").manual_seed(seed)
+            image = pipe(**arguments, generator=generator).images[0]
+            pictures.append(picture(image, ctx.float_output, seed))
     finished = time.perf_counter()
-    timings = {"load_s": loaded_at - started, "inference_s": finished - loaded_at}
-    image = output.images[0]
-    return [Picture(tensor_to_pil(image) if isinstance(image, torch.Tensor) else image)], timings
+    return pictures, {"load_s": loaded_at - started, "inference_s": finished - loaded_at}
+
+
+def picture(image: Any, keep_float: bool, seed: int) -> Picture:
+    """A pipeline's image (PIL, a [0, 1] HxWxC array or a CHW tensor) as a Picture; with
+    ``keep_float``, its float pixels too (for EXR and 16-bit outputs)."""
+    if isinstance(image, Image.Image):
+        return Picture(image, seed=seed)
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image).permute(2, 0, 1)
+    array = image.float().permute(1, 2, 0).cpu().numpy() if keep_float else None
+    return Picture(tensor_to_pil(image), array=array, seed=seed)
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:

@@ -104,14 +104,15 @@ def decode_image(b64: str | None) -> Image.Image:
 def run(
     ctx: ImageContext[ImageRequest], runtime: ModelRuntime
 ) -> tuple[list[Picture], dict[str, float]]:
-    """One call to the provider; returns its image and the round-trip time."""
+    """One call to the provider; returns its images (``num_images`` of them) and the
+    round-trip time."""
     request = ctx.request
     arguments: dict[str, Any] = {
         "model": ctx.model.repo,
         "prompt": request.prompt,
         "size": size_for(ctx.width, ctx.height),
         "quality": quality_for(request.num_inference_steps),
-        "n": 1,
+        "n": request.num_images,
     }
     images = [png_file(ctx.image, "image.png")] if ctx.image is not None else []
     images += [
@@ -136,8 +137,14 @@ def run(
     except openai.OpenAIError as exc:
         raise JobFailure(f"OpenAI: {provider_message(exc)}", type="provider_error") from exc
     finished = time.perf_counter()
-    image = decode_image(response.data[0].b64_json if response.data else None)
+    data = response.data or []
+    if len(data) != request.num_images:
+        raise JobFailure(
+            f"OpenAI: asked for {request.num_images} images, it sent {len(data)}",
+            type="provider_error",
+        )
+    pictures = [Picture(decode_image(item.b64_json)) for item in data]
     # The provider's size, not the requested one: report what was written.
-    ctx.width, ctx.height = image.size
+    ctx.width, ctx.height = pictures[0].image.size
     runtime.progress(1, 1)
-    return [Picture(image)], {"provider_s": finished - started}
+    return pictures, {"provider_s": finished - started}

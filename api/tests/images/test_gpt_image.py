@@ -21,7 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from api.tests.conftest import decode, files_under, png_metadata, write_image, write_mask
+from api.tests.conftest import (
+    assert_rejected,
+    decode,
+    files_under,
+    png_metadata,
+    write_image,
+    write_mask,
+)
 
 KEY = "test-key"
 COLOUR = (200, 40, 90)
@@ -128,7 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
             200,
             {
                 "created": int(time.time()),
-                "data": [{"b64_json": base64.b64encode(png.getvalue()).decode()}],
+                "data": [{"b64_json": base64.b64encode(png.getvalue()).decode()}]
+                * int(received.fields.get("n", 1)),
                 "quality": received.fields.get("quality"),
                 "size": size,
                 "usage": {
@@ -495,3 +503,30 @@ def test_a_provider_job_does_not_wait_behind_device_work(client: TestClient, pro
     assert job["worker"] == "runner-external"
     assert client.get(f"/api/jobs/{long['id']}").json()["status"] in ("queued", "running")
     client.delete(f"/api/jobs/{long['id']}")
+
+
+def test_a_batch_is_one_call_for_n_images(
+    client: TestClient, provider: FakeOpenAI, workspace: Path
+):
+    out = workspace / "crates.png"
+    job = succeeded(client, {"prompt": "a crate", "num_images": 2, "output_image_path": str(out)})
+    [call] = provider.received
+    assert call.fields["n"] == 2
+    paths = [image["path"] for image in job["result"]["images"]]
+    assert paths == [str(workspace / "crates_0001.png"), str(workspace / "crates_0002.png")]
+    assert all(image["seed"] is None for image in job["result"]["images"])  # none to give
+    assert png_metadata(Path(paths[1]))["request"]["num_images"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [({"output_image_path": "out.exr"}, "output_image_path"), ({"bit_depth": 16}, "bit_depth")],
+)
+def test_float_outputs_are_refused(
+    client: TestClient, workspace: Path, tmp_path: Path, extra: dict, field: str
+):
+    """The provider sends 8-bit PNGs: an EXR or 16-bit file of one would only be an upcast."""
+    if "output_image_path" in extra:
+        extra = {"output_image_path": str(workspace / extra["output_image_path"])}
+    body = {"model": "gpt-image-1", "prompt": "a crate"} | extra
+    assert_rejected(client, tmp_path, body, 422, field, "sends 8-bit images")

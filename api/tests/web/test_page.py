@@ -97,7 +97,8 @@ def test_a_job_submitted_from_the_page_shows_its_progress_and_its_picture(
     page: Any, page_server: Server, shots: Path
 ):
     open_page(page, page_server, "#submit/images")
-    assert page.locator("#submit-kinds a").all_inner_texts()[:3] == ["images", "videos", "texts"]
+    kinds = page.locator("#submit-kinds a").all_inner_texts()
+    assert kinds == ["images", "videos", "texts", "agentic"]  # one form per domain
     page.select_option("#model-select", "sd1.5")
     page.fill('[data-path="prompt"]', "a lighthouse at dusk")
     page.fill('[data-path="num_inference_steps"]', "20")

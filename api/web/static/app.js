@@ -187,18 +187,20 @@ function resolve(schema) {
   return schema || {};
 }
 
-// The submit routes: POST operations whose answer is a job of a fixed kind.
+// The submit routes: POST operations whose answer is a job of a fixed kind, one per kind
+// (the shortest path: /api/images, not /api/images/rerun, which answers an images job too).
 function submitRoutes(spec) {
-  const routes = [];
+  const routes = new Map();
   for (const [path, operations] of Object.entries(spec.paths)) {
     const post = operations.post;
     if (!post || !post.requestBody) continue;
     const answer = post.responses?.["202"]?.content?.["application/json"]?.schema;
     const kind = answer && resolve(answer).properties?.kind?.const;
     const body = post.requestBody.content?.["application/json"]?.schema;
-    if (kind && body) routes.push({ kind, path, schema: body, about: post.summary, description: post.description });
+    if (!kind || !body || (routes.has(kind) && routes.get(kind).path.length <= path.length)) continue;
+    routes.set(kind, { kind, path, schema: body, about: post.summary, description: post.description });
   }
-  return routes;
+  return [...routes.values()];
 }
 
 function queryEnum(spec, path, name) {

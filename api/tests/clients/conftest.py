@@ -1,0 +1,45 @@
+"""The clients' tests: the client package (hda/python) on the path, and one real
+``python -m api serve`` process on the tiny models for the whole module that asks for it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.tests.common.test_server_process import REPO, Server, free_port
+
+CLIENT_PACKAGE = REPO / "hda" / "python"
+if str(CLIENT_PACKAGE) not in sys.path:
+    sys.path.insert(0, str(CLIENT_PACKAGE))
+
+
+@pytest.fixture(scope="module")
+def server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's allowed root: the tests' inputs and outputs."""
+    return tmp_path_factory.mktemp("client-show")
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, server_root: Path
+) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("client-server")
+    env = os.environ | {
+        "DD_PORT": str(free_port()),
+        "DD_DATA_DIR": str(folder / "data"),
+        "DD_MODELS_DIR": str(tiny_models),
+        "DD_ALLOWED_ROOTS": f'["{server_root}", "{folder / "data"}"]',
+        "DD_DEVICE": "cpu",
+        "DD_ALLOW_DOWNLOADS": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    for name in ("DD_API_KEYS", "DD_HOST", "DD_PATH_MAP", "DD_SERVER_ADDRESS", "DD_API_KEY"):
+        env.pop(name, None)
+    server = Server(env, folder / "server.log")
+    server.start()
+    yield server
+    server.stop()

@@ -1,5 +1,5 @@
 """The clients' tests: the client package (hda/python) on the path, and one real
-``python -m api serve`` process on the tiny models for the whole module that asks for it."""
+``python -m api serve`` process on the tiny models, shared by the session's tests."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ if str(CLIENT_PACKAGE) not in sys.path:
     sys.path.insert(0, str(CLIENT_PACKAGE))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The server's allowed root: the tests' inputs and outputs."""
     return tmp_path_factory.mktemp("client-show")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(
     tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, server_root: Path
 ) -> Iterator[Server]:

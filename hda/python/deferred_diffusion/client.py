@@ -148,14 +148,17 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as error:
-            raise DeferredDiffusionError(
-                f"cannot reach the server at {self.base_url}: {error} (is it running? "
-                "DD_SERVER_ADDRESS says where it is)",
-                "connection_error",
-            ) from error
+            raise self._unreachable(error) from error
         if response.status_code >= 400:
             raise DeferredDiffusionError.from_response(response)
         return response.json()
+
+    def _unreachable(self, error: Exception) -> DeferredDiffusionError:
+        return DeferredDiffusionError(
+            f"cannot reach the server at {self.base_url}: {error} (is it running? "
+            "DD_SERVER_ADDRESS says where it is)",
+            "connection_error",
+        )
 
     def submit(self, kind: str, request: dict[str, Any], wait: float = 0) -> Job:
         """Queue a job of ``kind`` (images, videos, texts, agentic): the job, as queued
@@ -205,13 +208,16 @@ class Client:
         """Save an output (its ``url`` in a job's result) to ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self.http.stream("GET", url) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise DeferredDiffusionError.from_response(response)
-            with path.open("wb") as file:
-                for chunk in response.iter_bytes():
-                    file.write(chunk)
+        try:
+            with self.http.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise DeferredDiffusionError.from_response(response)
+                with path.open("wb") as file:
+                    for chunk in response.iter_bytes():
+                        file.write(chunk)
+        except httpx.TransportError as error:
+            raise self._unreachable(error) from error
         return path
 
     # --- following a job ---------------------------------------------------------------

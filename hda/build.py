@@ -473,6 +473,7 @@ def node_spec(schema: Schema) -> dict[str, Any]:
             "parms": node_parms(schema, node),
             "controls": [c.name for c in node.controls],
             "reads": node.reads,
+            "nuke_inputs": list(node.nuke_inputs) if node.nuke_inputs else None,
         }
     adapters = {
         m["name"]: {

@@ -384,7 +384,7 @@ def test_gizmo_knobs_are_request_fields_and_menus_the_servers_models(
         assert called and callable(getattr(nuke_glue, called.group(1)))
     text = (REPO / "nuke" / f"{GIZMOS[name]}.gizmo").read_text()
     inputs = re.findall(r"^ Input \{\n  inputs 0\n  name (\w+)", text, re.MULTILINE)
-    assert sorted(inputs) == sorted(nuke_glue.INPUTS[name])
+    assert sorted(inputs) == sorted(houdini.node_spec(name)["nuke_inputs"])
     assert f" inputs {len(inputs)}\n" in text
 
 

@@ -19,9 +19,8 @@ from deferred_diffusion.runner import Run
 
 RUNS: dict[str, Run] = {}  # node full name -> its run in progress
 GIZMO_PREFIX = "DeferredDiffusion"
-# Each gizmo's inputs (the HDA's first ones), and the field its output path fills.
-INPUTS = {"image": ("src", "mask"), "video": ("src",), "text": ("src", "previous")}
-OUTPUTS = {"image": ("output_image_path", "images"), "video": ("output_video_path", "videos")}
+# The field that names where a gizmo's output goes.
+OUTPUTS = {"image": "output_image_path", "video": "output_video_path"}
 
 
 def _nuke() -> Any:
@@ -34,6 +33,11 @@ def node_name(node: Any) -> str:
     """'image', 'video' or 'text' for our gizmos, '' for any other node."""
     kind = node.Class()
     return kind[len(GIZMO_PREFIX) :].lower() if kind.startswith(GIZMO_PREFIX) else ""
+
+
+def inputs(node: Any) -> list[str]:
+    """The gizmo's inputs, in order (nodes.json)."""
+    return node_spec(node_name(node))["nuke_inputs"]
 
 
 def knob(node: Any, name: str) -> Any:
@@ -60,7 +64,7 @@ def write_input(node: Any, input_name: str) -> str | None:
     """Render what is wired into ``input_name`` at the current frame to a PNG (a path the
     server reads), or None when nothing is wired."""
     nuke = _nuke()
-    source = node.input(INPUTS[node_name(node)].index(input_name))
+    source = node.input(inputs(node).index(input_name))
     if source is None:
         return None
     frame = int(nuke.frame())
@@ -80,7 +84,7 @@ def request(node: Any) -> tuple[str, dict[str, Any]]:
     name = node_name(node)
     body = parameters(node)
     if name == "text":
-        previous = node.input(INPUTS["text"].index("previous"))
+        previous = node.input(inputs(node).index("previous"))
         history = []
         if previous is not None and node_name(previous) == "text":
             history = json.loads(previous["messages"].value() or "[]")
@@ -133,7 +137,7 @@ def update(node: Any, client: Client | None = None) -> None:
             node["dd_response"].setValue(result["response"])
         else:
             output = result["images"][0] if name == "image" else result["video"]
-            field = OUTPUTS[name][0]
+            field = OUTPUTS[name]
             path = knob(node, field) or str(
                 client.download(
                     output["url"], work_folder(node) / "outputs" / Path(output["path"]).name

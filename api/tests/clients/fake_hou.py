@@ -127,6 +127,8 @@ class FakeHou(types.ModuleType):
         self.status: list[str] = []
         self.messages: list[str] = []
         self.renders: list[tuple[str, str, float]] = []
+        self.progress: list[float] = []
+        self.interrupt_at: float | None = None
         self.root = Node(self, "obj", "copnet", None)
         self.copnet = self.root.createNode("copnet", "copnet1")
         hou = self
@@ -136,6 +138,27 @@ class FakeHou(types.ModuleType):
             displayMessage=lambda text, **_: self.messages.append(text),
         )
         self.severityType = types.SimpleNamespace(Error="error")
+
+    class OperationInterrupted(Exception):
+        pass
+
+    def InterruptableOperation(self, *_: Any, **__: Any) -> Any:
+        """A progress window; the artist presses Esc at progress ``interrupt_at``."""
+        hou = self
+
+        class Operation:
+            def __enter__(self) -> Operation:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+            def updateLongProgress(self, fraction: float, _: str) -> None:
+                hou.progress.append(fraction)
+                if hou.interrupt_at is not None and fraction >= hou.interrupt_at:
+                    raise hou.OperationInterrupted()
+
+        return Operation()
 
     def Color(self, rgb: tuple[float, float, float]) -> tuple[float, float, float]:
         return rgb

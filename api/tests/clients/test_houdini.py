@@ -138,6 +138,13 @@ def test_a_frame_range_is_one_request_per_frame(hou: FakeHou, tmp_path: Path):
     with pytest.raises(ValueError, match="empty"):
         frames(10, 1)
 
+    # With the UI: a progress window while the inputs are written; Esc stops it.
+    hou.ui_available, hou.interrupt_at = True, 0.5
+    with pytest.raises(Exception, match=r"stopped while writing the inputs \(Esc\)"):
+        houdini.frame_range_requests(image, 1, 4)
+    assert hou.progress == [0, 0.25, 0.5] and hou.frame() == 5
+    hou.ui_available = False
+
     image.parm("output_image_path").set("$HIP/still.png")
     houdini.update_frame_range(image)
     assert image.parm("dd_status").eval().startswith("error: client_error (output_image_path)")

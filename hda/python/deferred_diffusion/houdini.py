@@ -11,6 +11,7 @@ calling thread. ``hou`` is imported only when a function here is called.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -372,11 +373,29 @@ def frame_range_requests(node: Any, start_frame: float, end_frame: float) -> lis
     """One image request per frame (inputs written at each frame)."""
     hou = _hou()
     now = hou.frame()
+    wanted = frames(start_frame, end_frame)
     requests = []
+    # Writing the inputs of many frames takes a while: a progress window, Esc stops it.
+    writing = (
+        hou.InterruptableOperation(
+            f"{node.name()}: writing inputs",
+            long_operation_name="Deferred Diffusion",
+            open_interrupt_dialog=True,
+        )
+        if hou.isUIAvailable()
+        else contextlib.nullcontext()
+    )
     try:
-        for frame in frames(start_frame, end_frame):
-            hou.setFrame(frame)
-            requests.append(("images", image_request(node)))
+        with writing as operation:
+            for index, frame in enumerate(wanted):
+                if operation is not None:
+                    operation.updateLongProgress(index / len(wanted), f"frame {frame}")
+                hou.setFrame(frame)
+                requests.append(("images", image_request(node)))
+    except hou.OperationInterrupted:
+        raise DeferredDiffusionError(
+            "stopped while writing the inputs (Esc)", "cancelled"
+        ) from None
     finally:
         hou.setFrame(now)
     return requests

@@ -181,7 +181,7 @@ def test_text_nodes_chain_their_conversation(hou: FakeHou, tmp_path: Path):
 BREAKDOWN: dict[str, Any] = {
     "scene": {
         "name": "Harbour at dusk",
-        "image_prompt": "a harbour at dusk",
+        "image_prompt": "a harbour at dusk, cinematic, 35mm",
         "diffusion_positive_prompt_tags": "cinematic, 35mm",
     },
     "protagonist": {"name": "Ana", "image_prompt": "a sailor in a yellow coat"},
@@ -191,7 +191,7 @@ BREAKDOWN: dict[str, Any] = {
             "name": "Sh010 wide",
             "protagonist": {"action": "walks"},
             "antagonist": None,
-            "image_prompt": "wide shot of the harbour",
+            "image_prompt": "wide shot of the harbour, cinematic, 35mm",
             "video_prompt": "slow push in",
         },
         {

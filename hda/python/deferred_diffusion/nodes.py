@@ -62,25 +62,21 @@ def request_from_values(node: str, value: Callable[[str], Any], request: int = 0
 
 def breakdown_nodes(breakdown: dict[str, Any], prefix: str) -> list[dict[str, Any]]:
     """The nodes a sequence breakdown (the agentic result) asks for: an image node for the
-    scene and each character, a shot node per shot wired to them. Each: name, type,
-    parameter values and inputs (index -> the name of another node of the list)."""
+    scene and each character, a shot node per shot wired to them, each with the prompts the
+    server built (the scene's tags already in them). Each: name, type, parameter values and
+    inputs (index -> the name of another node of the list)."""
 
     def slug(text: str) -> str:
         kept = "".join(c if c.isalnum() else "_" for c in text.strip().lower())
         return "_".join(part for part in kept.split("_") if part) or "unnamed"
 
     scene = breakdown["scene"]
-    tags = scene.get("diffusion_positive_prompt_tags") or ""
-
-    def with_tags(prompt: str) -> str:
-        return f"{prompt}, {tags}" if tags else prompt
-
     scene_name = f"{prefix}_scene_{slug(scene['name'])}"
     nodes = [
         {
             "name": scene_name,
             "type": "image",
-            "parms": {"prompt": with_tags(scene["image_prompt"])},
+            "parms": {"prompt": scene["image_prompt"]},
             "inputs": {},
         }
     ]
@@ -94,7 +90,7 @@ def breakdown_nodes(breakdown: dict[str, Any], prefix: str) -> list[dict[str, An
                 {
                     "name": name,
                     "type": "image",
-                    "parms": {"prompt": with_tags(character["image_prompt"])},
+                    "parms": {"prompt": character["image_prompt"]},
                     "inputs": {},
                 }
             )
@@ -109,7 +105,7 @@ def breakdown_nodes(breakdown: dict[str, Any], prefix: str) -> list[dict[str, An
                 "name": f"{prefix}_shot_{slug(shot['name'])}",
                 "type": "shot",
                 "parms": {
-                    "prompt": with_tags(shot["image_prompt"]),
+                    "prompt": shot["image_prompt"],
                     "video_prompt": shot["video_prompt"],
                 },
                 "inputs": inputs,

@@ -7,13 +7,14 @@ domain's own mixed in (one object, read from the environment and validated at st
 
 from __future__ import annotations
 
+from api.agentic.domain import AGENTIC
 from api.common.domain import Domain
 from api.common.settings import ServerSettings
 from api.images.domain import IMAGES
 from api.texts.domain import TEXTS
 from api.videos.domain import VIDEOS
 
-DOMAINS: tuple[Domain, ...] = (IMAGES, VIDEOS, TEXTS)
+DOMAINS: tuple[Domain, ...] = (IMAGES, VIDEOS, TEXTS, AGENTIC)
 
 
 class Settings(ServerSettings, *(d.settings for d in DOMAINS if d.settings)):  # type: ignore[misc]

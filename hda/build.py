@@ -39,48 +39,6 @@ NAMESPACE = "deferred_diffusion"
 MODIFIED = "Thu Nov 26 12:00:00 2026"  # fixed, so that generating twice gives the same files
 BOUNDARY = "HOUDINIMIMEBOUNDARY0xD3ADD339-0x00000F49-0x56B122C9-0x00000001HOUDINIMIMEBOUNDARY"
 
-# The agentic request as DESIGN §3.1 gives it, for a server that has no agentic domain yet
-# (its own schema is used as soon as it has one).
-AGENTIC_FALLBACK: dict[str, Any] = {
-    "title": "SequenceRequest (DESIGN §3.1; the server has no agentic domain)",
-    "type": "object",
-    "required": ["prompt"],
-    "properties": {
-        "prompt": {
-            "type": "string",
-            "title": "Prompt",
-            "description": "The sequence to break down.",
-        },
-        "refinement_prompt": {
-            "anyOf": [{"type": "string"}, {"type": "null"}],
-            "title": "Refinement Prompt",
-            "description": "A second turn on the first turn's breakdown.",
-        },
-        "scene_reference_image": {
-            "anyOf": [{"type": "string"}, {"type": "null"}],
-            "title": "Scene Reference Image",
-        },
-        "protagonist_reference_image": {
-            "anyOf": [{"type": "string"}, {"type": "null"}],
-            "title": "Protagonist Reference Image",
-        },
-        "antagonist_reference_image": {
-            "anyOf": [{"type": "string"}, {"type": "null"}],
-            "title": "Antagonist Reference Image",
-        },
-        "model": {
-            "anyOf": [{"type": "string"}, {"type": "null"}],
-            "title": "Model",
-            "description": "The LLM (e.g. openai:gpt-4o-mini); the server's DD_AGENT_MODEL when "
-            "empty.",
-        },
-        "texts_model": {
-            "anyOf": [{"type": "string"}, {"type": "null"}],
-            "title": "Texts Model",
-            "description": "The texts model that describes the reference images.",
-        },
-    },
-}
 # The images route takes one request per kind of model; a model's first mode says which.
 IMAGE_TASK_SCHEMAS = {
     "upscale": "UpscaleRequest",
@@ -340,13 +298,8 @@ class Schema:
     def __init__(self, spec: dict[str, Any], models: list[dict[str, Any]]) -> None:
         self.components = spec["components"]["schemas"]
         self.models = models
-        route = spec["paths"].get("/api/agentic/sequences", {}).get("post")
-        self.agentic = (
-            self.resolve(route["requestBody"]["content"]["application/json"]["schema"])
-            if route
-            else AGENTIC_FALLBACK
-        )
-        self.has_agentic = route is not None
+        route = spec["paths"]["/api/agentic/sequences"]["post"]
+        self.agentic = self.resolve(route["requestBody"]["content"]["application/json"]["schema"])
 
     def resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
         while "$ref" in schema:
@@ -485,7 +438,6 @@ def node_spec(schema: Schema) -> dict[str, Any]:
     }
     return {
         "generated_by": "hda/build.py from the server's OpenAPI spec and GET /api/models",
-        "agentic_from_server": schema.has_agentic,
         "nodes": nodes,
         "image_adapters": adapters,  # the ControlNet and IP-Adapter kinds each model takes
     }

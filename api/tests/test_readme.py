@@ -1,10 +1,12 @@
 """The README's curl examples, run verbatim by bash, curl and jq against a real server on the
 tiny models, the way a newcomer pastes them: the README's API key, and its allowed root
 ``/mnt/show`` mapped (``DD_PATH_MAP``) onto a folder of the test holding the plates the
-examples name. Only the port differs. gpt-image-1 talks to the fake OpenAI of its tests."""
+examples name. Only the port differs. gpt-image-1 talks to the fake OpenAI of its tests,
+which here also answers the agent's chat completions as the agent's fake LLM does."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,10 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from api.tests.agentic.fake_llm import chat_completion
 from api.tests.common.test_server_process import REPO, Server, free_port
 from api.tests.conftest import write_image, write_mask
 from api.tests.images.test_gpt_image import KEY as OPENAI_KEY
 from api.tests.images.test_gpt_image import FakeOpenAI
+from api.tests.images.test_gpt_image import _Handler as ImagesHandler
 
 pytestmark = [
     pytest.mark.slow,
@@ -53,9 +57,20 @@ def plates(show: Path, cwd: Path) -> None:
     write_image(cwd / "plate.png", (96, 64))
 
 
+class OpenAIHandler(ImagesHandler):
+    """The images fake's routes, and chat completions (the agent's LLM)."""
+
+    def do_POST(self) -> None:
+        if self.path != "/v1/chat/completions":
+            return super().do_POST()
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self._answer(*chat_completion(body, self.headers.get("Authorization"), OPENAI_KEY))
+
+
 @pytest.fixture
 def openai_fake() -> Iterator[FakeOpenAI]:
     server = FakeOpenAI()
+    server.RequestHandlerClass = OpenAIHandler
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield server
@@ -105,8 +120,9 @@ def test_the_readme_curl_examples_run_verbatim(
         ).json()
     finally:
         server.stop()
-    submits = len(re.findall(r"/api/(images|videos|texts)\b", script))
-    assert len(jobs) == submits, run.stdout  # every example was accepted
+    submits = len(re.findall(r"/api/(images|videos|texts|agentic/sequences)\b", script))
+    described = script.count("_reference_image")  # the agent's: a texts job per reference
+    assert len(jobs) == submits + described, run.stdout  # every example was accepted
     for job in jobs:
         if job["model"] == "segment-anything" and job["status"] == "failed":
             # Random weights may find nothing at the README's thresholds: a clear failure.

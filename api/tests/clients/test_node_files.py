@@ -259,12 +259,6 @@ def test_the_shots_parameters_are_image_and_video_fields(server: Any):
 
 def test_the_sequence_agents_parameters_are_the_agentic_request_fields(server: Any):
     spec, models = server
-    route = spec["paths"].get("/api/agentic/sequences")
-    if route is None:
-        pytest.skip(
-            "this server has no agentic domain (POST /api/agentic/sequences): the node is "
-            "built from DESIGN §3.1's request until it has"
-        )
     fields = request_fields(spec, "/api/agentic/sequences")
     parms = {parm["name"]: parm for parm in hda_parms("sequence_agent")}
     references = {f"{role}_reference_image" for role in ("scene", "protagonist", "antagonist")}

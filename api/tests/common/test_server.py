@@ -89,7 +89,7 @@ def test_health_and_models(client: TestClient):
     assert health["queue"] == {"queued": 0, "running": 0}
     assert "TINY RANDOM WEIGHTS" in health["warning"]
     listed = client.get("/api/models").json()
-    assert {m["domain"] for m in listed} == {"images", "videos", "texts"}
+    assert {m["domain"] for m in listed} == {"images", "videos", "texts", "agentic"}
     models = {m["name"]: m for m in listed if m["domain"] == "images"}
     assert set(models) == {
         "sd1.5",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from api.tests.agentic.fake_llm import KEY, FakeLLM, serving
 from api.tests.common.test_server_process import REPO, Server, free_port
 
 CLIENT_PACKAGE = REPO / "hda" / "python"
@@ -24,8 +25,15 @@ def server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def llm() -> Iterator[FakeLLM]:
+    """The agent's LLM: a fake speaking OpenAI's chat completions (api/tests/agentic)."""
+    with serving() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
 def server(
-    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, server_root: Path
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path, server_root: Path, llm: FakeLLM
 ) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("client-server")
     env = os.environ | {
@@ -36,6 +44,8 @@ def server(
         "DD_DEVICE": "cpu",
         "DD_ALLOW_DOWNLOADS": "false",
         "HF_HUB_OFFLINE": "1",
+        "OPENAI_API_KEY": KEY,
+        "OPENAI_BASE_URL": llm.base_url,
     }
     for name in ("DD_API_KEYS", "DD_HOST", "DD_PATH_MAP", "DD_SERVER_ADDRESS", "DD_API_KEY"):
         env.pop(name, None)

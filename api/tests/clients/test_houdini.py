@@ -383,3 +383,22 @@ def test_a_text_node_keeps_the_conversation(hou: FakeHou, server: Server):
     messages = json.loads(text.parm("messages").eval())
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[-1]["content"] == text.parm("dd_response").eval()
+
+
+def test_the_sequence_agent_asks_the_server_and_builds_the_nodes(
+    hou: FakeHou, server: Server, tmp_path: Path
+):
+    """The agent on the server (its LLM a fake speaking OpenAI's API, the reference described
+    by the tiny texts model); the breakdown lands in the node and the nodes are built."""
+    agent = hou.asset("sequence_agent", "seq", prompt="A keeper guards a lighthouse.")
+    agent.parm("model").set("openai:gpt-4o-mini")
+    agent.setInput(0, hou.cop("plate", write_picture(tmp_path / "plate.png")))
+    with Client(server.url) as client:
+        houdini.update(agent, client)
+    assert agent.parm("dd_status").eval().startswith("done"), agent.parm("dd_status").eval()
+    breakdown = json.loads(agent.parm("dd_response").eval())
+    shots = [n for n in hou.copnet.children.values() if n.type().name().endswith("::shot")]
+    assert len(shots) == len(breakdown["shots"]) >= 1
+    assert shots[0].parm("video_prompt").eval() == breakdown["shots"][0]["video_prompt"]
+    scene = shots[0].inputs()[0]
+    assert scene is not None and scene.parm("prompt").eval() == breakdown["scene"]["image_prompt"]

@@ -59,6 +59,7 @@ class Fields:
     prefix: str = ""
     model_domain: str | None = None  # `model` is a menu of this domain's models
     model_modes: frozenset[str] | None = None  # ... that can do one of these
+    default_modes: frozenset[str] | None = None  # the first that can do one of these: default
     menus: dict[str, str] = field(default_factory=dict)  # field -> domain of its model menu
 
 
@@ -264,7 +265,13 @@ NODES = (
                 model_modes=frozenset({"text_to_image"}),
             ),
             Fields(
-                "videos", ("VideoRequest",), only=SHOT_VIDEO, prefix="video_", model_domain="videos"
+                "videos",
+                ("VideoRequest",),
+                only=SHOT_VIDEO,
+                prefix="video_",
+                model_domain="videos",
+                # the shot has a video prompt: a model that reads prompts by default
+                default_modes=frozenset({"text_to_video"}),
             ),
         ),
         (*COMMON, OUTPUT),
@@ -389,7 +396,10 @@ def node_parms(schema: Schema, node: Node) -> list[dict[str, Any]]:
             menu_domain = fields.model_domain if name == "model" else fields.menus.get(name)
             if menu_domain is not None:
                 menu = models if name == "model" else schema.model_names(menu_domain)
-                default = parm["default"] if parm["default"] in menu else menu[0]
+                preferred = menu
+                if name == "model" and fields.default_modes:
+                    preferred = schema.model_names(menu_domain, fields.default_modes) or menu
+                default = parm["default"] if parm["default"] in menu else preferred[0]
                 parm |= {"type": "menu", "menu": menu, "default": default}
             if fields.kind == "images" and name != "model":
                 takes = [

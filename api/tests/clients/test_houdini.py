@@ -402,3 +402,23 @@ def test_the_sequence_agent_asks_the_server_and_builds_the_nodes(
     assert shots[0].parm("video_prompt").eval() == breakdown["shots"][0]["video_prompt"]
     scene = shots[0].inputs()[0]
     assert scene is not None and scene.parm("prompt").eval() == breakdown["scene"]["image_prompt"]
+
+
+def test_the_shot_runs_its_image_then_its_video(
+    hou: FakeHou, server: Server, server_root: Path, tmp_path: Path
+):
+    shot = hou.asset("shot", "sh010", **SMALL, prompt="a harbour", video_prompt="push in")
+    shot.parm("output_image_path").set(f"{server_root}/shot/$OS.$F4.png")
+    shot.parm("video_output_video_path").set(f"{server_root}/shot/$OS.mp4")
+    shot.setInput(0, hou.cop("scene", write_picture(tmp_path / "scene.png")))
+    shot.setInput(3, hou.cop("depth", write_picture(tmp_path / "depth.png", grey=30)))
+    with Client(server.url) as client:
+        houdini.update(shot, client)
+        status = shot.parm("dd_status").eval()
+        assert status.startswith("done: 2 job(s)"), status
+        video = client.get(shot.parm("dd_job_id").eval())
+    assert video["kind"] == "videos"
+    assert video["request"]["input_image_path"] == f"{server_root}/shot/sh010.0001.png"
+    assert shot.parm("dd_output").eval() == f"{server_root}/shot/sh010.mp4"
+    assert Path(shot.parm("dd_output").eval()).is_file()
+    assert shot.node("file1").parm("reload").pressed == 1

@@ -421,4 +421,5 @@ def test_the_shot_runs_its_image_then_its_video(
     assert video["request"]["input_image_path"] == f"{server_root}/shot/sh010.0001.png"
     assert shot.parm("dd_output").eval() == f"{server_root}/shot/sh010.mp4"
     assert Path(shot.parm("dd_output").eval()).is_file()
-    assert shot.node("file1").parm("reload").pressed == 1
+    reader = shot.node("file1")
+    assert reader is not None and reader.parm("reload").pressed == 1

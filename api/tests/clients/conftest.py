@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,11 @@ def server(
     server.start()
     yield server
     server.stop()
+
+
+def wait_for(check: Callable[[], bool], what: str) -> None:
+    """Until ``check()`` holds (a job running in another thread), at most two minutes."""
+    deadline = time.monotonic() + 120
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

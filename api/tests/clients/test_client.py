@@ -17,19 +17,10 @@ from deferred_diffusion import Client, DeferredDiffusionError, Progress
 from PIL import Image
 
 from api.tests.clients.conftest import CLIENT_PACKAGE
-from api.tests.common.test_server_process import Server
+from api.tests.common.test_server_process import QUICK, SLOW, Server
 from api.tests.conftest import write_image
 
 pytestmark = pytest.mark.slow
-
-QUICK = {
-    "model": "sd1.5",
-    "prompt": "x",
-    "num_inference_steps": 2,
-    "max_width": 64,
-    "max_height": 64,
-}
-SLOW = QUICK | {"num_inference_steps": 500, "max_width": 256, "max_height": 256}
 
 
 @pytest.fixture

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from deferred_diffusion import Client, houdini
 from deferred_diffusion.nodes import breakdown_nodes, frames, request_from_values
 from PIL import Image
 
+from api.tests.clients.conftest import wait_for
 from api.tests.clients.fake_hou import FakeHou, write_picture
 from api.tests.common.test_server_process import Server
 
@@ -340,13 +340,6 @@ def test_a_frame_range_runs_and_downloads_without_an_output_path(
         houdini.update(loose, client)
     local = Path(loose.parm("dd_output").eval())
     assert local.parent == hou.hip / "deferred_diffusion/loose/outputs" and local.is_file()
-
-
-def wait_for(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 120
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_the_ui_stays_free_and_cancel_stops_the_job(

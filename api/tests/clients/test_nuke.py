@@ -9,7 +9,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from deferred_diffusion import Client
 from deferred_diffusion import nuke as glue
 
-from api.tests.clients.conftest import CLIENT_PACKAGE
+from api.tests.clients.conftest import CLIENT_PACKAGE, wait_for
 from api.tests.clients.fake_hou import SPEC, write_picture
 from api.tests.common.test_server_process import Server
 
@@ -187,13 +186,6 @@ def test_the_request_from_knobs_and_inputs(nuke: FakeNuke, tmp_path: Path):
         "texts",
         {"model": "qwen-2.5-vl", "messages": history + [{"role": "user", "content": "Shorter."}]},
     )
-
-
-def wait_for(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 120
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_update_shows_progress_and_points_the_read_at_the_output(

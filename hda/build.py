@@ -342,7 +342,10 @@ def describe_field(schema: Schema, name: str, prop: dict[str, Any]) -> dict[str,
     parm: dict[str, Any] = {"label": prop.get("title") or name.replace("_", " ").title()}
     description = prop.get("description") or value.get("description") or ""
     if "enum" in value:
-        parm |= {"type": "menu", "menu": list(value["enum"])}
+        # Houdini menus hold strings; a menu of numbers (bit_depth) says so, to send numbers
+        parm |= {"type": "menu", "menu": [str(item) for item in value["enum"]]}
+        if kind == "integer":
+            parm["menu_of"] = "int"
     elif kind == "boolean":
         parm["type"] = "bool"
     elif kind in ("integer", "number"):
@@ -369,6 +372,8 @@ def describe_field(schema: Schema, name: str, prop: dict[str, Any]) -> dict[str,
         default = parm.get("unset", {"bool": False, "int": 0, "float": 0.0}.get(parm["type"], ""))
     if parm["type"] == "json" and default == "":
         default = []
+    if parm["type"] == "menu" and default is not None:
+        default = str(default)
     parm["default"] = default
     if optional:
         parm["optional"] = True

@@ -44,7 +44,7 @@ def request_from_values(node: str, value: Callable[[str], Any], request: int = 0
         kind = parm["type"]
         if kind == "bool":
             item: Any = bool(raw)
-        elif kind == "int":
+        elif kind == "int" or (kind == "menu" and parm.get("menu_of") == "int"):
             item = int(raw)
         elif kind == "float":
             item = float(raw)

@@ -42,6 +42,8 @@ def test_parameters_become_the_request_fields(hou: FakeHou):
         "strength": 0.5,
         "inpainting_full_image": True,
         "optimize_low_vram": False,
+        "num_images": 1,
+        "bit_depth": 8,
     }
     node.parm("seed").set(7)
     node.parm("max_width").set(64)
@@ -55,9 +57,13 @@ def test_parameters_become_the_request_fields(hou: FakeHou):
         "depth_format": "png16",
     }
     node.parm("model").set("sdxl")
-    assert {"seed": 7, "max_width": 64, "guidance_scale": 0.0}.items() <= houdini.image_request(
-        node
-    ).items()
+    node.parm("bit_depth").set("16")  # a menu of numbers sends a number
+    assert {
+        "seed": 7,
+        "max_width": 64,
+        "guidance_scale": 0.0,
+        "bit_depth": 16,
+    }.items() <= houdini.image_request(node).items()
 
 
 def test_inputs_and_upstream_adapters(hou: FakeHou, tmp_path: Path):

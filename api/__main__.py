@@ -20,6 +20,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.common.datadir import lock_data_dir
+    from api.common.errors import Unavailable
     from api.common.logs import quiet_model_libraries
     from api.common.settings import SettingsError, load_settings
     from api.common.startup import log_start_up
@@ -41,7 +42,9 @@ def serve(args: argparse.Namespace) -> int:
         from api.main import create_app
 
         app = create_app(settings)
-    except SettingsError as exc:
+        if settings.broker_url is not None:  # an unreachable broker stops the start, clearly
+            app.state.engine.check_broker()
+    except (SettingsError, Unavailable) as exc:
         print(f"deferred-diffusion: {exc}", file=sys.stderr)
         return 2
     log_start_up(app)

@@ -416,6 +416,14 @@ def test_worker_refuses_bad_settings(tmp_path: Path):
     bad_device = [*worker, "--device", "gpu0"]
     refused = subprocess.run(bad_device, env=env, cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2 and "--device 'gpu0'" in refused.stderr
+    no_redis = "redis://:s3cret-pw@127.0.0.1:1/7"  # nothing listens on port 1
+    serve = [sys.executable, "-m", "api", "serve"]
+    down = subprocess.run(
+        serve, env=env | {"DD_BROKER_URL": no_redis}, cwd=REPO, capture_output=True, text=True
+    )
+    assert down.returncode == 2
+    assert "redis://:***@127.0.0.1:1/7 (DD_BROKER_URL) can't be reached" in down.stderr
+    assert "s3cret" not in down.stderr + down.stdout
     typo = [*worker, "--device", "cpu", "--models", "sd15"]
     refused = subprocess.run(typo, env=env, cwd=REPO, capture_output=True, text=True)
     assert refused.returncode == 2 and "no model 'sd15' (did you mean 'sd1.5'" in refused.stderr

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -87,7 +88,8 @@ class CeleryJobEngine(BaseJobEngine):
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self._workers: tuple[float, list[dict[str, Any]]] = (0.0, [])
-        self.on_workers: Any = None  # called with the live workers after each look (the API's)
+        # Told the live workers after each look (the API server: where models are loaded).
+        self.on_workers: Callable[[list[dict[str, Any]]], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: ServerSettings) -> CeleryJobEngine:

@@ -107,7 +107,7 @@ class Worker:
         interval = self.settings.worker_heartbeat_seconds
         next_beat = time.monotonic() + interval
         while not self._beating.wait(max(0.0, next_beat - time.monotonic())):
-            next_beat += interval
+            next_beat = max(next_beat + interval, time.monotonic())  # no burst after a stall
             try:
                 self.beat()
                 self.engine.reap()

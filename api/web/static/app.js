@@ -506,7 +506,8 @@ function field(name, schema, { required = false, path = name, context = {} } = {
     if (schema.default !== undefined) select.value = schema.default;
     else if (!optional && schema.enum.includes("user")) select.value = "user"; // a message's role
     return labelled(label, about, select, {
-      get: () => (select.value === "" ? undefined : select.value),
+      // an option's value is text: give back the schema's own value (8, not "8")
+      get: () => (select.value === "" ? undefined : schema.enum.find((option) => String(option) === select.value)),
       set: (value) => { select.value = value ?? ""; },
     });
   }

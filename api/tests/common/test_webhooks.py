@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import redis
 
-from api.common.webhooks import SECRET_FILE, SIGNATURE_HEADER, WebhookSender
+from api.common.webhooks import SECRET_FILE, SIGNATURE_HEADER, WebhookSender, signature
 from api.tests.conftest import assert_rejected, image_request
 
 
@@ -131,3 +132,48 @@ def test_every_domain_documents_callback_url(client):
     requests += [name for name in schemas if name.endswith("Request") and "Image" in name]
     for name in requests:
         assert "callback_url" in schemas[name]["properties"], name
+
+
+REDIS_URL = "redis://127.0.0.1:6379/5"  # this test's own database, emptied around it
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def test_webhooks_on_the_celery_engine(
+    make_client,
+    monkeypatch,
+    workspace: Path,
+    tmp_path: Path,
+    receiver: Receiver,
+    redis_db: redis.Redis,
+):
+    """With DD_BROKER_URL the API server sends them too: a job cancelled while queued (no
+    worker runs here) is POSTed; a refused host leaves nothing in Redis."""
+    monkeypatch.setattr(WebhookSender, "RETRY_SECONDS", 0.2)
+    client = make_client(broker_url=REDIS_URL, callback_hosts=["127.0.0.1"])
+    refused = image_request(workspace, "text_to_image", model="sd1.5")
+    refused["callback_url"] = "http://elsewhere.example/hook"
+    response = client.post("/api/images", json=refused)
+    assert response.status_code == 422 and response.json()["error"]["field"] == "callback_url"
+    assert redis_db.dbsize() == 0
+
+    body = image_request(workspace, "text_to_image", model="sd1.5", callback_url=receiver.url)
+    job = client.post("/api/images", json=body).json()
+    assert job["status"] == "queued"
+    assert client.delete(f"/api/jobs/{job['id']}").json()["status"] == "cancelled"
+    receiver.wait_for(2)  # answered 500 first, then delivered
+    secret = (tmp_path / "data" / SECRET_FILE).read_bytes().strip()
+    headers, payload = receiver.calls[1]
+    assert headers[SIGNATURE_HEADER.lower()] == signature(secret, payload)
+    assert json.loads(payload)["status"] == "cancelled"

@@ -188,18 +188,21 @@ class WebhookSender:
                 ):
                     await self.note(job)
                 while True:
-                    await self.deliver_due(client)
-                    wake_in = 60.0
-                    due = await asyncio.to_thread(self.outbox.next_due, self.MAX_ATTEMPTS)
-                    if due is not None:
-                        wake_in = min(wake_in, max(0.0, due - time.time()))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(feed.changed.wait(), wake_in)
-                    for job_id, only_progress in feed.take().items():
-                        if only_progress:
-                            continue
-                        with contextlib.suppress(NotFound):
-                            await self.note(await self.engine.get(job_id))
+                    try:
+                        await self.deliver_due(client)
+                        wake_in = 60.0
+                        due = await asyncio.to_thread(self.outbox.next_due, self.MAX_ATTEMPTS)
+                        if due is not None:
+                            wake_in = min(wake_in, max(0.0, due - time.time()))
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(feed.changed.wait(), wake_in)
+                        for job_id, only_progress in feed.take().items():
+                            if not only_progress:
+                                with contextlib.suppress(NotFound):
+                                    await self.note(await self.engine.get(job_id))
+                    except Exception:  # the store or the broker failing: try again shortly
+                        log.exception("webhooks: sending failed; trying again in 5 s")
+                        await asyncio.sleep(5.0)
 
     async def note(self, job: Job) -> None:
         url = job.request.get("callback_url")

@@ -26,9 +26,11 @@ from api.common.jobs.schemas import Job
 from api.common.jobs.store import JobStore
 from api.common.media import limit_input_pixels
 from api.common.rerun import rerun_router
+from api.common.retention import UsageMeter, run_retention
 from api.common.services import Services
 from api.common.settings import ServerSettings, load_settings
 from api.common.signing import LinkSigner, load_secret
+from api.common.webhooks import OUTBOX_FILE, SECRET_FILE, Outbox, WebhookSender
 from api.web.router import install_page
 
 log = logging.getLogger("api")
@@ -97,6 +99,37 @@ def job_engine(
     return JobEngine(store, handlers, devices, warm_up, processes)
 
 
+def background_tasks(
+    settings: ServerSettings,
+    services: Services,
+    engine: BaseJobEngine,
+    domains: dict[str, Domain],
+    links: LinkSigner,
+) -> tuple[list[asyncio.Task[None]], Outbox | None]:
+    """What the API process runs beside the engine: the webhook sender (DD_CALLBACK_HOSTS)
+    and the retention sweep (DD_RETENTION_DAYS); with the webhooks' outbox."""
+    tasks: list[asyncio.Task[None]] = []
+    outbox = None
+    if settings.callback_hosts:
+        outbox = Outbox(services.data_dir / OUTBOX_FILE)
+
+        def answer(job: Job) -> dict[str, Any]:
+            """The job as GET /api/jobs/{id} answers it: its kind's type, links signed."""
+            found = job.model_dump()
+            if job.result is not None:
+                found["result"] = links.sign_links(job.result)
+            typed = domains[job.kind].job if job.kind in domains else Job
+            return typed.model_validate(found).model_dump(mode="json")
+
+        sender = WebhookSender(engine, outbox, load_secret(services.data_dir, SECRET_FILE), answer)
+        tasks.append(asyncio.create_task(sender.run(), name="webhooks"))
+    if settings.retention_days is not None:
+        forget = outbox.forget if outbox is not None else None
+        sweep = run_retention(engine, services, domains, settings.retention_days, forget)
+        tasks.append(asyncio.create_task(sweep, name="retention"))
+    return tasks, outbox
+
+
 def create_app(
     settings: ServerSettings | None = None,
     devices: list[str] | None = None,
@@ -117,6 +150,9 @@ def create_app(
     engine = job_engine(settings, services, domains, devices)
     services.jobs = engine
 
+    engine.callback_hosts = tuple(settings.callback_hosts)
+    by_kind = {domain.kind: domain for domain in domains}
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         lock_data_dir(services.data_dir)  # one server per data dir (its job queue)
@@ -125,9 +161,15 @@ def create_app(
             log.warning(
                 "%d job(s) were running when the server last stopped: marked failed", interrupted
             )
+        tasks, outbox = background_tasks(settings, services, engine, by_kind, links)
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if outbox is not None:
+                outbox.close()
             await asyncio.to_thread(engine.stop)
             engine.store.close()
             unlock_data_dir(services.data_dir)
@@ -146,7 +188,8 @@ def create_app(
     app.state.services = services
     app.state.links = links
     app.state.engine = engine
-    app.state.domains = {domain.kind: domain for domain in domains}
+    app.state.domains = by_kind
+    app.state.data_dir_usage = UsageMeter(services.data_dir)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, limit_for=body_limit)
 

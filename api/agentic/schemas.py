@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from api.common.domain import ModelInfo
 from api.common.jobs.schemas import job_model
-from api.common.schemas import InputPath, Name, Prompt, RequestModel
+from api.common.schemas import InputPath, JobRequest, Name, Prompt
 
 # The reference images a request may give, by the field that names each.
 REFERENCE_FIELDS = (
@@ -24,7 +24,7 @@ REFERENCE_FIELDS = (
 MAX_SHOTS = 64
 
 
-class SequenceRequest(RequestModel):
+class SequenceRequest(JobRequest):
     """A story to break down into shots, with optional reference images of its scene and of
     its two main characters."""
 

@@ -29,6 +29,7 @@ from api.common.errors import (
 )
 from api.common.files import WriteFolder, open_regular_file, served_path
 from api.common.media import MEDIA_TYPES, check_image_file, image_suffix
+from api.common.retention import DataDirUsage
 from api.common.services import Services
 from api.common.signing import FILES_PREFIX
 
@@ -147,6 +148,9 @@ class Health(BaseModel):
     queues: dict[str, QueueDepth] | None = Field(
         None, description="Distributed: queued and running jobs per queue."
     )
+    data_dir: DataDirUsage | None = Field(
+        None, description="What the data dir holds (walked at most every 30 s)."
+    )
 
 
 @health_router.get(
@@ -172,6 +176,7 @@ def health(request: Request) -> Health:
         broker=engine.broker,
         workers=engine.workers(),
         queues=engine.queue_depths(),
+        data_dir=request.app.state.data_dir_usage.usage(),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -108,3 +109,37 @@ class RequestModel(BaseModel):
             cls.__name__,
             [InitErrorDetails(type=error, loc=location, input=_escaped(text[:200]))],
         )
+
+
+def _check_callback_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError(
+            "callback_url", "must be an http:// or https:// URL with a host name", {}
+        )
+    return value
+
+
+CallbackUrl = Annotated[
+    str | None,
+    Field(
+        None,
+        max_length=MAX_PATH_CHARS,
+        description="Webhook: once the job ends, it is POSTed here as JSON (as GET "
+        "/api/jobs/{id} answers it), signed in the X-DD-Signature header "
+        "(sha256=<HMAC-SHA256 of the body, hex>, with the server's webhook-secret); retried "
+        "with backoff until answered 2xx. Its host must be one of DD_CALLBACK_HOSTS.",
+        examples=["https://pipeline.studio.local/hooks/deferred-diffusion"],
+        exclude_if=lambda value: value is None,
+    ),
+    AfterValidator(_check_callback_url),
+]
+
+
+class JobRequest(RequestModel):
+    """Base of every domain's request body (the top level): what any job may ask for
+    besides its work -- a webhook (``callback_url``)."""
+
+    callback_url: CallbackUrl = None

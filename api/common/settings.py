@@ -157,6 +157,19 @@ class ServerSettings(BaseSettings):
         description="with DD_BROKER_URL: how many workers may die running one job before it "
         "fails as interrupted instead of running again",
     )
+    callback_hosts: list[str] = Field(
+        [],
+        description="JSON list of host names a request's callback_url may point at (webhooks: "
+        "the finished job is POSTed there, signed); empty: webhooks are off",
+        examples=[["pipeline.studio.local", "127.0.0.1"]],
+    )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="remove finished jobs, and the outputs the server wrote under its data dir, "
+        "this many days after they ended (never files on the allowed roots); unset: keep "
+        "forever",
+    )
     # The providers' keys, under their usual names (not DD_): read here, passed to the SDKs.
     openai_api_key: SecretStr | None = Field(
         None,
@@ -205,6 +218,13 @@ class ServerSettings(BaseSettings):
         if any(not key.strip() for key in value):
             raise ValueError("API keys must not be empty strings")
         return value
+
+    @field_validator("callback_hosts")
+    @classmethod
+    def _callback_hosts(cls, value: list[str]) -> list[str]:
+        if any(not host.strip() or "/" in host for host in value):
+            raise ValueError("callback hosts are host names (no scheme, port or path)")
+        return [host.strip().lower() for host in value]
 
     @field_validator("path_map")
     @classmethod

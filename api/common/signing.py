@@ -29,9 +29,10 @@ SECRET_FILE = "url-secret"
 FRESH_LINK = "get a fresh link from the job (GET /api/jobs/<id>) or send the API key"
 
 
-def load_secret(data_dir: Path) -> bytes:
-    """The data dir's signing secret, made (readable by this user only) on first use."""
-    path = data_dir / SECRET_FILE
+def load_secret(data_dir: Path, name: str = SECRET_FILE) -> bytes:
+    """A secret of the data dir (the link-signing one unless ``name`` says another), made
+    (readable by this user only) on first use."""
+    path = data_dir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -45,7 +46,7 @@ def load_secret(data_dir: Path) -> bytes:
         path.chmod(0o600)
     secret = path.read_text(errors="replace").strip()
     if len(secret) < 32:
-        raise SettingsError(f"{path} holds no usable link-signing secret: delete it and restart")
+        raise SettingsError(f"{path} holds no usable signing secret: delete it and restart")
     return secret.encode()
 
 

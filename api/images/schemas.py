@@ -9,7 +9,7 @@ from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, Type
 
 from api.common.domain import ModelInfo
 from api.common.jobs.schemas import job_model
-from api.common.schemas import InputPath, Name, OutputPath, Prompt, RequestModel
+from api.common.schemas import InputPath, JobRequest, Name, OutputPath, Prompt, RequestModel
 from api.images.registry import (
     IMAGE_MODELS,
     MAX_CONTROLNETS,
@@ -87,7 +87,7 @@ class IpAdapter(RequestModel):
     )
 
 
-class ImageRequestBase(RequestModel):
+class ImageRequestBase(JobRequest):
     """What every image request has: the model, its input image and where the output goes."""
 
     model: Name = Field(description="Model name, as listed by GET /api/models (e.g. sdxl).")

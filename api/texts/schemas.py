@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from api.common.domain import ModelInfo
 from api.common.jobs.schemas import job_model
-from api.common.schemas import MAX_PATH_CHARS, InputPath, Name, RequestModel
+from api.common.schemas import MAX_PATH_CHARS, InputPath, JobRequest, Name, RequestModel
 
 MAX_MESSAGES = 256
 MAX_PARTS = 64
@@ -50,7 +50,7 @@ class Message(RequestModel):
     )
 
 
-class TextRequest(RequestModel):
+class TextRequest(JobRequest):
     """A conversation for a vision-language model: it answers the last message."""
 
     model: Name = Field(description="Model name, as listed by GET /api/models (qwen-2.5-vl).")

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from api.common.domain import ModelInfo
 from api.common.jobs.schemas import job_model
-from api.common.schemas import InputPath, Name, OutputPath, Prompt, RequestModel
+from api.common.schemas import InputPath, JobRequest, Name, OutputPath, Prompt
 from api.videos.registry import VideoMode
 
 MAX_SIDE = 4096
@@ -16,7 +16,7 @@ MAX_STEPS = 500
 MAX_FRAMES = 100_000  # a bound on the field; each model's own range is checked at submit
 
 
-class VideoRequest(RequestModel):
+class VideoRequest(JobRequest):
     """Image→video (with input_image_path), or text→video (without, where the model can)."""
 
     model: Name = Field(description="Model name, as listed by GET /api/models (e.g. ltx-video).")

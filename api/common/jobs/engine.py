@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
 from typing import Any, Protocol
 
 from api.common.errors import NotFound
@@ -16,6 +18,7 @@ from api.common.jobs.process import DeviceProcesses, ProcessRunner
 from api.common.jobs.runner import JobHandler, Runner
 from api.common.jobs.schemas import Job
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE, JobStore
+from api.common.webhooks import check_callback_url
 
 
 class JobFeed:
@@ -129,6 +132,8 @@ class JobRecords(Protocol):
 
     def queue_positions(self) -> dict[str, int]: ...
 
+    def remove_finished(self, before: datetime) -> builtins.list[Job]: ...
+
     def close(self) -> None: ...
 
 
@@ -147,6 +152,7 @@ class BaseJobEngine(ABC):
     FEED_INTERVAL_SECONDS = 0.1
 
     broker: str | None = None  # where a distributed engine queues jobs (password masked)
+    callback_hosts: tuple[str, ...] = ()  # DD_CALLBACK_HOSTS: where webhooks may go
 
     def __init__(self, store: JobRecords, devices: list[str]) -> None:
         self.store = store
@@ -168,6 +174,11 @@ class BaseJobEngine(ABC):
         self, kind: str, model: str, request: dict[str, Any], queue: str = DEVICE_QUEUE
     ) -> Job:
         """Queue a job: on the devices, or (``EXTERNAL_QUEUE``) for a provider's model."""
+
+    def check_callback(self, request: dict[str, Any]) -> None:
+        """Refuse (422 on ``callback_url``, before anything is queued) a webhook to a host
+        not in DD_CALLBACK_HOSTS; each engine's ``submit`` asks first."""
+        check_callback_url(request.get("callback_url"), self.callback_hosts)
 
     @abstractmethod
     def cancel(self, job_id: str) -> Job:
@@ -365,6 +376,7 @@ class JobEngine(BaseJobEngine):
         self, kind: str, model: str, request: dict[str, Any], queue: str = DEVICE_QUEUE
     ) -> Job:
         """Queue a job: on the devices, or (``EXTERNAL_QUEUE``) for a provider's model."""
+        self.check_callback(request)
         job = self.store.submit(kind, model, request, queue)
         with self._wake:
             self._wake.notify_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -282,6 +283,16 @@ class JobStore:
                 (error, _now()),
             )
             return cursor.rowcount
+
+    def remove_finished(self, before: datetime) -> builtins.list[Job]:
+        """Delete the jobs that ended before ``before`` (retention); returns them."""
+        with self._lock:
+            rows = self._db.execute(
+                "DELETE FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled')"
+                " AND finished_at < ? RETURNING *",
+                (before.astimezone(UTC).isoformat(timespec="milliseconds"),),
+            ).fetchall()
+        return [self._job(row) for row in rows]
 
     def queue_positions(self) -> dict[str, int]:
         """The position of each queued job in its queue (1 = next), by id."""

@@ -119,5 +119,5 @@ def test_an_unusable_secret_stops_the_start(make_settings, tmp_path: Path):
     secret = tmp_path / "data" / SECRET_FILE
     secret.parent.mkdir(parents=True)
     secret.write_text("")
-    with pytest.raises(SettingsError, match=f"{secret} holds no usable link-signing secret"):
+    with pytest.raises(SettingsError, match=f"{secret} holds no usable signing secret"):
         create_app(make_settings(), devices=["cpu"])

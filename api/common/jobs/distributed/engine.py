@@ -193,6 +193,7 @@ class CeleryJobEngine(BaseJobEngine):
     def submit(
         self, kind: str, model: str, request: dict[str, Any], queue: str = DEVICE_QUEUE
     ) -> Job:
+        self.check_callback(request)
         job = None
         try:
             job = self.store.submit(kind, model, request, self.route(model, queue))

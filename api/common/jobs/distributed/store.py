@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from api.common.errors import Conflict, NotFound
-from api.common.jobs.schemas import Job, JobStatus
+from api.common.jobs.schemas import FINISHED, Job, JobStatus
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
 from api.common.schemas import replace_invalid_text
 
@@ -230,6 +230,33 @@ class RedisJobStore:
             raise Conflict(f"job {job_id} already {had}; nothing to cancel", "id")
         self.publish(job_id)
         return self.get(job_id)
+
+    def remove_finished(self, before: datetime) -> builtins.list[Job]:
+        """Delete the jobs that ended before ``before`` (retention); returns them. (A
+        finished job never changes again, so nothing races the removal.)"""
+        removed: builtins.list[Job] = []
+        start = 0
+        batch = 500
+        while ids := self.redis.zrange(JOBS, start, start + batch - 1):
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(job_key(job_id), "status", "finished_at")
+            old = [
+                job_id
+                for job_id, (status, finished_at) in zip(ids, pipe.execute(), strict=True)
+                if status in FINISHED
+                and finished_at
+                and datetime.fromisoformat(finished_at) < before
+            ]
+            jobs = self._jobs(old)
+            if old:
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.delete(*(job_key(job_id) for job_id in old))
+                pipe.zrem(JOBS, *old)
+                pipe.execute()
+            removed.extend(jobs)
+            start += len(ids) - len(old)
+        return removed
 
     def queue_depth(self) -> dict[str, int]:
         """Queued and running jobs in all."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -39,3 +42,38 @@ def test_generates_on_the_gpu(gpu_client: TestClient, model: str, low_vram: bool
 def test_health_reports_gpu_memory(gpu_client: TestClient):
     [device] = gpu_client.get("/health").json()["devices"]
     assert device["device"] == "cuda:0" and device["memory_total_mb"] > 0
+
+
+@pytest.mark.parametrize("model", ["sdxl", "flux-schnell"])
+def test_batches_exr_16_bit_and_reruns_on_the_gpu(
+    gpu_client: TestClient, workspace: Path, model: str
+):
+    """bf16 on the card: a batch's second image re-run alone is the same, and the EXR and
+    16-bit outputs come from the float decode (not an 8-bit upcast)."""
+    import OpenEXR
+
+    batch = workspace / "sh010.png"
+    job = gpu_client.post(
+        "/api/images?wait=120",
+        json=QUICK | {"model": model, "num_images": 2, "output_image_path": str(batch)},
+    ).json()
+    assert job["status"] == "succeeded", job["error"]
+    second = Path(job["result"]["images"][1]["path"])
+    before = np.asarray(decode(second.read_bytes()))
+    again = gpu_client.post("/api/images/rerun?wait=120", json={"image_path": str(second)}).json()
+    assert again["status"] == "succeeded", again["error"]
+    assert np.array_equal(np.asarray(decode(second.read_bytes())), before)
+
+    exr, deep = workspace / "sh010.exr", workspace / "sh010_16.png"
+    for path, extra in ((exr, {}), (deep, {"bit_depth": 16})):
+        done = gpu_client.post(
+            "/api/images?wait=120",
+            json=QUICK | {"model": model, "output_image_path": str(path)} | extra,
+        ).json()
+        assert done["status"] == "succeeded", done["error"]
+    with OpenEXR.File(str(exr)) as file:
+        linear = np.array(file.channels()["RGB"].pixels)
+    assert linear.dtype == np.float16 and linear.shape == (64, 64, 3)
+    sixteen = cv2.imread(str(deep), cv2.IMREAD_UNCHANGED)
+    assert sixteen is not None and sixteen.dtype == np.uint16 and sixteen.shape == (64, 64, 3)
+    assert np.any(sixteen % 257)  # not an 8-bit image scaled up

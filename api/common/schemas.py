@@ -143,3 +143,12 @@ class JobRequest(RequestModel):
     besides its work -- a webhook (``callback_url``)."""
 
     callback_url: CallbackUrl = None
+
+
+def request_fields(request_type: type[BaseModel]) -> list[str]:
+    """A request's field names as a user reads them: its own first, then those any job
+    may carry (``callback_url``), which pydantic would list first."""
+    shared = list(JobRequest.model_fields)
+    return [f for f in request_type.model_fields if f not in shared] + [
+        f for f in shared if f in request_type.model_fields
+    ]

@@ -14,7 +14,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from api.common.errors import InvalidField
 from api.common.inputs import InputImages
 from api.common.names import did_you_mean
-from api.common.schemas import MAX_NAME_CHARS, find_invalid_text
+from api.common.schemas import MAX_NAME_CHARS, find_invalid_text, request_fields
 from api.common.services import Services
 from api.images.context import (
     DEPTH_MODEL,
@@ -86,7 +86,7 @@ def parse_request(body: Any) -> AnyImageRequest:
     except InvalidField as exc:
         raise _invalid(ImageRequest, [(exc.field or "model", exc.message, name)]) from None
     request_type = REQUEST_TYPES[model.task]
-    takes = ", ".join(request_type.model_fields)
+    takes = ", ".join(request_fields(request_type))
     kind = model.task or ", ".join(sorted(model.modes))
     wrong = [
         (field, f"does not apply to {model.name} ({kind}); its fields: {takes}", body[field])

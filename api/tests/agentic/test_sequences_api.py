@@ -224,7 +224,13 @@ def test_cancel_while_a_reference_is_described_cancels_its_texts_job(
     """The describe call is a texts job of its own: cancelling the agent cancels it too."""
     busy = client.post(  # 500 denoising steps keep the devices' runner busy (no early end)
         "/api/images",
-        json={"model": "sd1.5", "prompt": "x", "num_inference_steps": 500, "max_width": 256},
+        json={
+            "model": "sd1.5",
+            "prompt": "x",
+            "num_inference_steps": 500,
+            "max_width": 256,
+            "max_height": 256,
+        },
     ).json()
     scene = write_image(workspace / "storm.png", (32, 32))
     job = client.post(ROUTE, json=story(scene_reference_image=str(scene))).json()
@@ -232,6 +238,8 @@ def test_cancel_while_a_reference_is_described_cancels_its_texts_job(
     while not texts_jobs(client):  # the describe job, queued behind the busy one
         assert time.monotonic() < deadline, "the agent never asked for a description"
         time.sleep(0.05)
+    holding = client.get(f"/api/jobs/{busy['id']}").json()
+    assert holding["status"] == "running", holding  # the describe job waits behind it
     progress = client.get(f"/api/jobs/{job['id']}").json()["progress"]
     assert progress["status"] == "describing the scene reference image"
     assert client.delete(f"/api/jobs/{job['id']}").status_code == 200

@@ -10,8 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.agentic.schemas import SequenceJob, SequenceRequest
 from api.agentic.validation import validate_request
-from api.common.errors import error_responses
-from api.common.jobs.router import WaitSeconds, job_response
+from api.common.jobs.router import WaitSeconds, job_response, submit_route
 from api.common.jobs.store import EXTERNAL_QUEUE
 
 router = APIRouter(tags=["agentic"])
@@ -19,13 +18,7 @@ router = APIRouter(tags=["agentic"])
 
 @router.post(
     "/agentic/sequences",
-    operation_id="agentic_create",
-    status_code=202,
-    response_model=SequenceJob,
-    responses={
-        200: {"model": SequenceJob, "description": "Finished within `wait`."},
-        **error_responses(400, 403, 413, 422),
-    },
+    **submit_route("agentic_create", SequenceJob),
 )
 async def create_sequence(
     body: SequenceRequest, request: Request, response: Response, wait: WaitSeconds = 0

@@ -14,8 +14,8 @@ from pydantic import Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.common.domain import Domain, Submission
-from api.common.errors import ApiError, Conflict, error_responses
-from api.common.jobs.router import WaitSeconds, job_response, one_of
+from api.common.errors import ApiError, Conflict
+from api.common.jobs.router import WaitSeconds, job_response, one_of, submit_route
 from api.common.schemas import RequestModel
 from api.common.services import Services
 
@@ -67,13 +67,7 @@ def rerun_router(domains: Sequence[Domain]) -> APIRouter:
 
     @router.post(
         "/{job_id}/rerun",
-        operation_id="jobs_rerun",
-        status_code=202,
-        response_model=any_job,
-        responses={
-            200: {"model": any_job, "description": "Finished within `wait`."},
-            **error_responses(400, 403, 404, 409, 413, 422),
-        },
+        **submit_route("jobs_rerun", any_job, 404, 409),
     )
     async def rerun_job(
         request: Request,

@@ -10,8 +10,8 @@ from pydantic import Field, PlainValidator
 from starlette.concurrency import run_in_threadpool
 
 from api.common.domain import Submission
-from api.common.errors import InvalidField, error_responses
-from api.common.jobs.router import WaitSeconds, job_response
+from api.common.errors import InvalidField
+from api.common.jobs.router import WaitSeconds, job_response, submit_route
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
 from api.common.media import decode_data_url, read_metadata
 from api.common.rerun import Overrides, check_again
@@ -57,13 +57,7 @@ def check_request(services: Services, body: dict[str, Any]) -> Submission:
 
 @router.post(
     "/images",
-    operation_id="images_create",
-    status_code=202,
-    response_model=ImageJob,
-    responses={
-        200: {"model": ImageJob, "description": "Finished within `wait`."},
-        **error_responses(400, 403, 413, 422),
-    },
+    **submit_route("images_create", ImageJob),
 )
 async def create_image(
     body: ImageBody, request: Request, response: Response, wait: WaitSeconds = 0
@@ -88,13 +82,7 @@ class ImageRerun(Overrides):
 
 @router.post(
     "/images/rerun",
-    operation_id="images_rerun",
-    status_code=202,
-    response_model=ImageJob,
-    responses={
-        200: {"model": ImageJob, "description": "Finished within `wait`."},
-        **error_responses(400, 403, 413, 422),
-    },
+    **submit_route("images_rerun", ImageJob),
 )
 async def rerun_image(
     body: ImageRerun, request: Request, response: Response, wait: WaitSeconds = 0

@@ -7,8 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.common.errors import error_responses
-from api.common.jobs.router import WaitSeconds, job_response
+from api.common.jobs.router import WaitSeconds, job_response, submit_route
 from api.texts.schemas import TextJob, TextRequest
 from api.texts.validation import validate_request
 
@@ -17,13 +16,7 @@ router = APIRouter(tags=["texts"])
 
 @router.post(
     "/texts",
-    operation_id="texts_create",
-    status_code=202,
-    response_model=TextJob,
-    responses={
-        200: {"model": TextJob, "description": "Finished within `wait`."},
-        **error_responses(400, 403, 413, 422),
-    },
+    **submit_route("texts_create", TextJob),
 )
 async def create_text(
     body: TextRequest, request: Request, response: Response, wait: WaitSeconds = 0

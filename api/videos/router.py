@@ -8,8 +8,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.common.domain import Submission
-from api.common.errors import error_responses
-from api.common.jobs.router import WaitSeconds, job_response
+from api.common.jobs.router import WaitSeconds, job_response, submit_route
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
 from api.common.services import Services
 from api.videos.context import find_model
@@ -21,13 +20,7 @@ router = APIRouter(tags=["videos"])
 
 @router.post(
     "/videos",
-    operation_id="videos_create",
-    status_code=202,
-    response_model=VideoJob,
-    responses={
-        200: {"model": VideoJob, "description": "Finished within `wait`."},
-        **error_responses(400, 403, 413, 422),
-    },
+    **submit_route("videos_create", VideoJob),
 )
 async def create_video(
     body: VideoRequest, request: Request, response: Response, wait: WaitSeconds = 0

@@ -55,6 +55,21 @@ async def job_response(
     return signed(request, job)
 
 
+def submit_route(operation_id: str, job_type: Any, *statuses: int) -> dict[str, Any]:
+    """The settings of a route that queues a job (``POST`` with ``wait=``): 202 with the
+    job, 200 when it finished within ``wait``, and the error statuses it documents (400,
+    403, 413 and 422 for every submit, plus ``statuses``)."""
+    return {
+        "operation_id": operation_id,
+        "status_code": 202,
+        "response_model": job_type,
+        "responses": {
+            200: {"model": job_type, "description": "Finished within `wait`."},
+            **error_responses(*sorted({400, 403, 413, 422, *statuses})),
+        },
+    }
+
+
 def one_of(types: Sequence[type[Job]]) -> Any:
     """The response type of a route answering jobs of any of these kinds."""
     if len(types) == 1:

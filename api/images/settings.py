@@ -11,7 +11,8 @@ from api.images.registry import DIFFUSION_FAMILIES, IMAGE_MODELS
 
 
 class ImageSettings(BaseSettings):
-    """The warm-up of the image models (what DD_COMPILE compiles, done before the first job)."""
+    """The warm-up of the image models (what DD_COMPILE compiles, done before the first job)
+    and their prompt cache."""
 
     model_config = SETTINGS_CONFIG
 
@@ -20,6 +21,13 @@ class ImageSettings(BaseSettings):
         description="JSON list of diffusion models to load (and compile) on every device at "
         "start-up, before the first job",
         examples=[["sdxl"]],
+    )
+    prompt_cache: int = Field(
+        16,
+        ge=0,
+        le=1024,
+        description="text-encoder outputs of this many recent prompts kept per diffusion model "
+        "(the same prompt again skips its text encoders: same pixels); 0 turns it off",
     )
 
 

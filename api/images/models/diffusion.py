@@ -4,8 +4,10 @@ image→image or inpainting from the same components, with ControlNets and IP-Ad
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ from api.images.registry import (
     ScaleLayers,
 )
 from api.images.schemas import ImageRequest, IpAdapter
+from api.images.settings import image_settings
 
 AUTO_PIPELINES = {
     Mode.text_to_image: AutoPipelineForText2Image,
@@ -66,12 +69,70 @@ CANNY_THRESHOLDS = (100, 200)
 Progress = Callable[[int, int], None]
 
 
+class PromptCache:
+    """A model's text-encoder outputs for its most recent prompts: ``encode_prompt`` of each
+    of its pipelines answers a repeated call (same prompts, device, batch and guidance) from
+    here, with copies of the tensors it returned the first time, so the pixels are the same.
+    Calls with tensors among their arguments (precomputed embeddings) are not cached."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.hits = 0
+        self._entries: OrderedDict[str, Any] = OrderedDict()
+
+    def attach(self, pipe: DiffusionPipeline) -> DiffusionPipeline:
+        encode = getattr(pipe, "encode_prompt", None)
+        if self.size and callable(encode):
+            pipe.encode_prompt = functools.partial(self._encode, encode)
+        return pipe
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def _encode(self, encode: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        key = _prompt_key(args, kwargs)
+        if key is None:
+            return encode(*args, **kwargs)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        else:
+            self._entries[key] = encode(*args, **kwargs)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return _copies(self._entries[key])
+
+
+def _prompt_key(args: tuple, kwargs: dict[str, Any]) -> str | None:
+    """A call's arguments as a key, or None when one isn't plain data (a tensor)."""
+    plain = (str, int, float, bool, type(None), torch.device, torch.dtype)
+
+    def ok(value: Any) -> bool:
+        if isinstance(value, list | tuple):
+            return all(ok(item) for item in value)
+        return isinstance(value, plain)
+
+    if not all(ok(value) for value in (*args, *kwargs.values())):
+        return None
+    return repr((args, sorted(kwargs.items())))
+
+
+def _copies(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list | tuple):
+        return type(value)(_copies(item) for item in value)
+    return value
+
+
 @dataclass
 class LoadedModel:
-    """One model's pipeline, and the other modes' pipelines sharing its components."""
+    """One model's pipeline, and the other modes' pipelines sharing its components (and its
+    prompt cache)."""
 
     base: DiffusionPipeline
     base_mode: Mode
+    prompts: PromptCache
     pipelines: dict[Mode, DiffusionPipeline] = field(default_factory=dict)
 
     def pipeline(self, mode: Mode, **components: Any) -> DiffusionPipeline:
@@ -90,7 +151,22 @@ class LoadedModel:
 
     def _derive(self, mode: Mode, components: dict[str, Any]) -> DiffusionPipeline:
         scheduler = type(self.base.scheduler).from_config(self.base.scheduler.config)
-        return AUTO_PIPELINES[mode].from_pipe(self.base, scheduler=scheduler, **components)
+        pipe = AUTO_PIPELINES[mode].from_pipe(self.base, scheduler=scheduler, **components)
+        return self.prompts.attach(pipe)
+
+    def park(self) -> None:
+        """Move the weights to host RAM (the ModelCache unloading it from a GPU): the
+        modules, and their compiled code, stay as they are."""
+        for module in self._modules():
+            module.to("cpu")
+
+    def unpark(self, device: str) -> None:
+        """Back onto ``device`` after ``park``: the compiled code's guards hold again."""
+        for module in self._modules():
+            module.to(device)
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [c for c in self.base.components.values() if isinstance(c, torch.nn.Module)]
 
 
 def load_model(
@@ -100,8 +176,10 @@ def load_model(
     low_vram: bool,
     speed: Speed,
     dtype: torch.dtype,
+    prompt_cache: int = 0,
 ) -> LoadedModel:
-    """``from_pretrained`` exactly as for downloaded weights, straight onto the device."""
+    """``from_pretrained`` exactly as for downloaded weights, straight onto the device, with
+    a prompt cache of ``prompt_cache`` entries (DD_PROMPT_CACHE)."""
     base_mode = Mode.text_to_image if Mode.text_to_image in model.modes else Mode.image_to_image
     kwargs: dict[str, Any] = {"dtype": dtype}
     if model.family == "sd1.5":
@@ -118,7 +196,8 @@ def load_model(
     elif on_gpu:
         speed_up(pipe, speed)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(pipe, base_mode, {base_mode: pipe})
+    prompts = PromptCache(prompt_cache)
+    return LoadedModel(pipe, base_mode, prompts, {base_mode: prompts.attach(pipe)})
 
 
 def has_variant(model: ImageModel, weights: Weights) -> bool:
@@ -332,9 +411,12 @@ def run(
     weights = runtime.weights(ctx.model.name, ctx.model.repo)
     low_vram = ctx.request.optimize_low_vram and runtime.on_gpu
     speed = runtime.services.settings.speed
+    prompt_cache = image_settings(runtime.services.settings).prompt_cache
     loaded = runtime.resident(
         CacheKey(ctx.model.name, offloaded=low_vram),
-        lambda: load_model(ctx.model, weights, device, low_vram, speed, runtime.dtype),
+        lambda: load_model(
+            ctx.model, weights, device, low_vram, speed, runtime.dtype, prompt_cache
+        ),
         weights,
     )
     components: dict[str, Any] = {}

@@ -101,8 +101,9 @@ def load(models_dir: Path, name: str) -> Any:
         return load_model(IMAGE_MODELS[MODELS[name][0]], weights, DEVICE, False, SPEED, BF16).base
 
 
-def request(name: str, steps: int, out: Path) -> Callable[[Any], np.ndarray]:
-    """One call of the model as the server makes it, its output as 8-bit pixels."""
+def request(name: str, steps: int, images: Path) -> Callable[[Any], np.ndarray]:
+    """One call of the model as the server makes it, its output as 8-bit pixels (Wan's
+    input plate written into ``images``)."""
     if name == "wan":
         from PIL import Image
 
@@ -111,7 +112,7 @@ def request(name: str, steps: int, out: Path) -> Callable[[Any], np.ndarray]:
 
         case = videos_texts.VIDEO_CASES["wan-2.1"]
         guidance = VIDEO_MODELS["wan-2.1"].guidance_scale or 1.0  # >1: two calls a step
-        plate = Image.open(videos_texts.plate(out, case["width"], case["height"]))
+        plate = Image.open(videos_texts.plate(images, case["width"], case["height"]))
 
         def video(pipe: Any) -> np.ndarray:
             frames, _ = generate(
@@ -297,11 +298,11 @@ def one_precision(
     }
 
 
-def bench_model(models_dir: Path, name: str, steps: int, out: Path) -> dict:
+def bench_model(models_dir: Path, name: str, steps: int, images: Path) -> dict:
     result: dict[str, Any] = {"steps": steps, "build_s": build(models_dir, name)}
     load_s, pipe = timed(lambda: load(models_dir, name))
     result["load_s"] = load_s
-    call = request(name, steps, out)
+    call = request(name, steps, images)
     repeat = name != "wan"  # a Wan call takes half a minute even at 4 steps
     denoiser = denoiser_of(pipe)
     calls = DenoiserCalls(denoiser)
@@ -350,11 +351,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/dd-models"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--images", type=Path, default=Path("/tmp/dd-images"))
     parser.add_argument("--only", nargs="*", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--steps", type=int, help="steps of every model (default: its own)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.models_dir.mkdir(parents=True, exist_ok=True)
+    args.images.mkdir(parents=True, exist_ok=True)
     import diffusers
 
     card = torch.cuda.get_device_name(DEVICE)
@@ -378,7 +381,7 @@ def main() -> None:
     for name in args.only:
         steps = args.steps or MODELS[name][1]
         log(name, steps, "steps")
-        report["models"][name] = bench_model(args.models_dir, name, steps, args.out)
+        report["models"][name] = bench_model(args.models_dir, name, steps, args.images)
         gc.collect()  # the model gone: the card for the next
         torch._dynamo.reset()
         torch.cuda.empty_cache()

@@ -88,6 +88,22 @@ def test_fp8_linear_is_the_linear_of_its_quantised_parts(bias: bool):
     assert error < 0.08, error
 
 
+def test_fp8_linear_compiles_whole_as_the_server_compiles_blocks():
+    """fullgraph=True, as compile_repeated_blocks asks: no graph break, the eager result."""
+    torch.manual_seed(0)
+    block = nn.Sequential(
+        FP8Linear(nn.Linear(64, 128).to(torch.bfloat16)),
+        nn.GELU(),
+        FP8Linear(nn.Linear(128, 64).to(torch.bfloat16)),
+    )
+    inputs = torch.randn(2, 10, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        eager = block(inputs)
+        block.compile(fullgraph=True)
+        compiled = block(inputs)
+    torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
+
+
 def test_dtype_casts_leave_the_fp8_weights_be():
     """A pipeline's from_pipe(dtype=...) casts every module: FP8 weights must survive it."""
     torch.manual_seed(0)

@@ -109,8 +109,8 @@ def load(
     """``from_pretrained`` exactly as for downloaded weights. On CUDA: straight onto the device
     (or, with ``low_vram``, offloaded to the CPU: whole models, or groups of layers for Wan),
     VAE tiling and slicing on where the VAE has them; resident, ``speed``'s FP8 linears and
-    compilation. Call inside
-    ``common.models.building_models(device)`` (``ModelCache.get`` does)."""
+    compilation. Call inside ``common.models.building_models(device)`` (``ModelCache.get``
+    does)."""
     family = FAMILIES[model.family]
     on_gpu = device.startswith("cuda")
     kwargs: dict[str, Any] = {"dtype": dtype or default_dtype(device)}

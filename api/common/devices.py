@@ -31,6 +31,32 @@ def compute_devices(setting: str) -> list[str]:
     return [f"cuda:{index}"]
 
 
+def check_precision(precision: str, devices: list[str]) -> None:
+    """DD_PRECISION=fp8 only where every device that runs models has FP8 matmuls (CUDA
+    compute capability 8.9 or newer); else the server or worker does not start."""
+    if precision != "fp8":
+        return
+    from api.common.fp8 import FP8_CAPABILITY, fp8_capable
+
+    lacking = [device for device in devices if not fp8_capable(device)]
+    if not lacking:
+        return
+    import torch
+
+    described = [
+        f"{device} ({torch.cuda.get_device_name(device)}, compute capability "
+        f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
+        if device.startswith("cuda")
+        else f"{device} (no FP8 matmuls)"
+        for device in lacking
+    ]
+    raise SettingsError(
+        "invalid settings:\n  DD_PRECISION: fp8 needs CUDA GPUs of compute capability "
+        f"{'.'.join(map(str, FP8_CAPABILITY))} or newer (Ada, Hopper and later), but models "
+        f"would run on {', '.join(described)}; use DD_PRECISION=auto (bf16)"
+    )
+
+
 def use_device(device: str) -> None:
     """Make ``device`` the calling thread's current CUDA device (each runner's thread, once),
     so that whatever resolves a plain "cuda" in it lands on the runner's own GPU."""

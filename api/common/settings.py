@@ -140,8 +140,11 @@ class ServerSettings(BaseSettings):
     channels_last: bool = Field(
         True, description="CUDA only: channels-last memory layout for UNets and VAEs"
     )
-    precision: Literal["auto", "bf16", "fp16"] = Field(
-        "auto", description="CUDA only: auto (bf16 where the GPU has it, else fp16), bf16, fp16"
+    precision: Literal["auto", "bf16", "fp16", "fp8"] = Field(
+        "auto",
+        description="CUDA only: auto (bf16 where the GPU has it, else fp16), bf16, fp16, or "
+        "fp8 (opt-in, changes the pixels: bf16 with the diffusion denoisers' linear layers in "
+        "FP8; needs GPUs of compute capability 8.9+, e.g. Ada, Hopper)",
     )
     compile_cache_dir: Path | None = Field(
         None,
@@ -273,7 +276,7 @@ class ServerSettings(BaseSettings):
 
     @property
     def speed(self) -> Speed:
-        return Speed(self.compile, self.channels_last)
+        return Speed(self.compile, self.channels_last, fp8=self.precision == "fp8")
 
     @property
     def downloads(self) -> bool:

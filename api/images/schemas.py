@@ -9,7 +9,15 @@ from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, Type
 
 from api.common.domain import ModelInfo
 from api.common.jobs.schemas import job_model
-from api.common.schemas import InputPath, JobRequest, Name, OutputPath, Prompt, RequestModel
+from api.common.schemas import (
+    InputPath,
+    JobRequest,
+    Name,
+    OutputPath,
+    Precision,
+    Prompt,
+    RequestModel,
+)
 from api.images.registry import (
     IMAGE_MODELS,
     MAX_CONTROLNETS,
@@ -248,6 +256,7 @@ class ImageResult(BaseModel):
     )
     mode: Mode
     tiny_weights: bool = Field(description="Made with tiny random weights (tests): noise.")
+    precision: Precision = None
     timings: dict[str, float] = Field(description="Seconds: load_s, inference_s, write_s...")
 
 

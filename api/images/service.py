@@ -209,13 +209,14 @@ def run_image_job(services: Services, job: Job, context: JobContext) -> ImageRes
     context.check_cancelled()  # cancelled during the last step: write nothing
 
     started = time.perf_counter()
-    outputs = write_pictures(services, job, image_context, pictures, runtime.tiny)
+    outputs = write_pictures(services, job, image_context, pictures, runtime)
     timings["write_s"] = time.perf_counter() - started
     return ImageResult(
         images=outputs,
         seed=image_context.seed,
         mode=image_context.mode,
         tiny_weights=runtime.tiny,
+        precision=runtime.precision,
         timings={name: round(value, 4) for name, value in timings.items()},
     )
 
@@ -233,7 +234,7 @@ def write_pictures(
     job: Job,
     ctx: ImageContext[AnyImageRequest],
     pictures: list[Picture],
-    tiny: bool,
+    runtime: ModelRuntime,
 ) -> list[ImageOutput]:
     """Write each picture (atomically, with its take when the client named the path). A
     batch's n-th image is ``<name>_000n<ext>``; each file carries the request that makes it
@@ -245,7 +246,7 @@ def write_pictures(
         suffix = output_suffixes(ctx.mode, ctx.request)[0]
         base = services.data_dir / "outputs" / job.id / f"{ctx.model.name}_{ctx.seed}{suffix}"
         roots = [services.data_dir]
-    metadata = ctx.metadata(tiny) | {
+    metadata = ctx.metadata(runtime.tiny, runtime.precision) | {
         "job_id": job.id,
         "software": f"deferred-diffusion {__version__}",
     }

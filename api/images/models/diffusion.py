@@ -30,7 +30,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from api.common.errors import JobFailure
 from api.common.models import CacheKey, Weights, building_models
-from api.common.pipelines import Speed, load_pipeline, speed_up
+from api.common.pipelines import Speed, load_pipeline, precision_of, speed_up
 from api.common.runtime import ModelRuntime
 from api.images.context import ImageContext, Picture
 from api.images.models.depth import estimate_depth
@@ -429,6 +429,7 @@ def run(
     pipe = loaded.pipeline(ctx.mode, **components)
     if components and low_vram:
         pipe.enable_model_cpu_offload(device=device)
+    runtime.precision = precision_of(pipe)
     loaded_at = time.perf_counter()
     count = ctx.request.num_images
     assert ctx.seed is not None  # validate_request filled it in (random when not given)

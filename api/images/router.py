@@ -1,4 +1,5 @@
-"""HTTP for images: validate → submit a job → answer with it; re-run an output."""
+"""HTTP for images: validate → submit a job → answer with it; re-run an output; list the
+LoRAs."""
 
 from __future__ import annotations
 

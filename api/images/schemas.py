@@ -175,6 +175,7 @@ class ImageRequest(ImageRequestBase):
     )
     loras: list[Lora] = Field(
         [],
+        title="LoRAs",
         max_length=MAX_LORAS,
         description="LoRAs, applied together, each with its scale (sd1.5, sdxl and its "
         "fine-tunes but not the refiner, sd3, sd3.5, flux); each must be made for the model's "

@@ -132,8 +132,11 @@ def describe_loras(services: Services) -> list[LoraFile]:
 
 
 def lora_family(path: Path) -> str | None:
-    """The family a LoRA file is for (None: not recognised), read from its header."""
-    stat = path.stat()
+    """The family a LoRA file is for (None: not recognised, or gone), read from its header."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
     return _family_of_file(str(path), stat.st_mtime_ns, stat.st_size)
 
 
@@ -223,6 +226,9 @@ def lora_path(services: Services, name: str) -> Path:
                 type="model_unavailable",
             )
         return path
+    cached = cached_repo_file(name)
+    if cached is not None:
+        return cached
     repo, file = hub
     from huggingface_hub import hf_hub_download
 

@@ -406,6 +406,10 @@ def check_reference_images(
     return checked
 
 
+# How many of the LoRAs here an unknown name's message lists (GET /api/loras has them all).
+SHOWN_LORAS = 20
+
+
 def lora_models(family: str | None) -> list[str]:
     """The models that take a LoRA of ``family``."""
     return [
@@ -453,7 +457,8 @@ def check_loras(model: ImageModel, loras: list[Lora], services: Services) -> Non
             if path is None:
                 continue  # downloaded when its job runs, its family checked then
         if path is None:
-            known = f"the LoRAs here: {', '.join(files)}" if files else f"{folder} has none"
+            shown = ", ".join(list(files)[:SHOWN_LORAS]) + (", ..." * (len(files) > SHOWN_LORAS))
+            known = f"the LoRAs here: {shown}" if files else f"{folder} has none"
             raise InvalidField(
                 f"{field}: no LoRA {lora.name!r} in {folder}"
                 f"{did_you_mean(lora.name, files, quote=True)}; {known} (GET /api/loras)",

@@ -93,6 +93,25 @@ def test_scales_stacking_and_image_to_image(client: TestClient, workspace: Path)
     assert np.array_equal(pixels(generate(client, workspace, "sd1.5")), plain)
 
 
+def test_with_a_controlnet_and_an_ip_adapter(client: TestClient, workspace: Path):
+    """sdxl inpainting with a ControlNet and an IP-Adapter: the LoRA acts beside them, and
+    taking it away again gives the pixels from before."""
+    from api.tests.images.test_controlnets import control
+    from api.tests.images.test_ip_adapters import adapter
+
+    body = image_request(
+        workspace,
+        "inpainting",
+        model="sdxl",
+        controlnets=[control(workspace, "depth")],
+        ip_adapters=[adapter(workspace)],
+    )
+    before = pixels(run_job(client, body))
+    with_lora = run_job(client, body | {"loras": [{"name": "tiny-sdxl", "scale": 1.5}]})
+    assert not np.array_equal(pixels(with_lora), before)
+    assert np.array_equal(pixels(run_job(client, body)), before)
+
+
 def test_a_lora_job_reruns_with_the_same_pixels(client: TestClient, workspace: Path):
     first = generate(client, workspace, "sd1.5", ("tiny-sd15", 0.8), ("tiny-sd15-b", -0.5))
     generate(client, workspace, "sd1.5")  # the LoRAs are off in between

@@ -173,6 +173,7 @@ class ImageContext(Generic[RequestT]):
                 for adapter in fields.get("ip_adapters", [])
             ]
             or None,
+            "loras": fields.get("loras") or None,
             "tiny_weights": tiny,
             "precision": precision,
         }

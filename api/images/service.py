@@ -21,6 +21,7 @@ from api.common.models import Weights
 from api.common.runtime import ModelFamily, ModelRuntime
 from api.common.services import Services
 from api.images.context import ImageContext, Picture, build_context, output_suffixes
+from api.images.loras import describe_loras
 from api.images.registry import (
     CONTROLNET_MODES,
     CONTROLNETS,
@@ -39,11 +40,12 @@ from api.images.schemas import (
     ImageOutput,
     ImageRequest,
     ImageResult,
+    LoraInfo,
     stored_request,
 )
 from api.images.settings import image_settings
 from api.images.sizing import default_size
-from api.images.validation import unavailable_reason
+from api.images.validation import lora_models, unavailable_reason
 
 log = logging.getLogger("api.images")
 
@@ -158,6 +160,20 @@ def _describe_extra_weights(services: Services, name: str, repo: str) -> dict[st
         "present": bool(found and found.source != "download"),
         "tiny": bool(found and found.tiny),
     }
+
+
+def list_loras(services: Services) -> list[LoraInfo]:
+    """The LoRAs in DD_LORAS_DIR (GET /api/loras): the family and models each fits."""
+    return [
+        LoraInfo(
+            name=lora.name,
+            family=lora.family,
+            models=lora_models(lora.family),
+            path=services.paths.to_client(lora.path),
+            size_bytes=lora.size_bytes,
+        )
+        for lora in describe_loras(services)
+    ]
 
 
 def warm_up(services: Services) -> Callable[[str], None] | None:

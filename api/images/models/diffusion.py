@@ -1,5 +1,6 @@
 """The diffusion families (SD 1.5, SDXL, SD3, FLUX): load once, then text→image,
-image→image or inpainting from the same components, with ControlNets and IP-Adapters."""
+image→image or inpainting from the same components, with ControlNets, IP-Adapters and
+LoRAs."""
 
 from __future__ import annotations
 
@@ -33,12 +34,14 @@ from api.common.models import CacheKey, Weights, building_models
 from api.common.pipelines import Speed, load_pipeline, precision_of, speed_up
 from api.common.runtime import ModelRuntime
 from api.images.context import ImageContext, Picture
+from api.images.loras import RequestLora, request_loras
 from api.images.models.depth import estimate_depth
 from api.images.registry import (
     CONTROLNETS,
     IP_ADAPTER_IMAGE_ENCODER,
     IP_ADAPTER_WEIGHTS,
     IP_ADAPTERS,
+    RESIDENT_LORAS,
     ControlNetKind,
     ImageModel,
     Mode,
@@ -78,6 +81,7 @@ class PromptCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self.hits = 0
+        self.loras = ""  # the LoRAs acting, at their scales: they may adapt the text encoders
         self._entries: OrderedDict[str, Any] = OrderedDict()
 
     def attach(self, pipe: DiffusionPipeline) -> DiffusionPipeline:
@@ -86,13 +90,11 @@ class PromptCache:
             pipe.encode_prompt = functools.partial(self._encode, encode)
         return pipe
 
-    def clear(self) -> None:
-        self._entries.clear()
-
     def _encode(self, encode: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         key = _prompt_key(args, kwargs)
         if key is None:
             return encode(*args, **kwargs)
+        key += self.loras
         if key in self._entries:
             self._entries.move_to_end(key)
             self.hits += 1
@@ -125,15 +127,82 @@ def _copies(value: Any) -> Any:
     return value
 
 
+# A LoRA file as loaded: its path, modification time and size (a changed file loads anew).
+LoraStamp = tuple[str, int, int]
+
+
 @dataclass
 class LoadedModel:
-    """One model's pipeline, and the other modes' pipelines sharing its components (and its
-    prompt cache)."""
+    """One model's pipeline, the other modes' pipelines sharing its components (and its
+    prompt cache), and the LoRAs loaded into those components as named adapters (least
+    recently used first)."""
 
     base: DiffusionPipeline
     base_mode: Mode
+    device: str
     prompts: PromptCache
     pipelines: dict[Mode, DiffusionPipeline] = field(default_factory=dict)
+    adapters: OrderedDict[LoraStamp, str] = field(default_factory=OrderedDict)
+    adapters_made: int = 0  # adapter names are lora_<n>: never one used before
+
+    def use_loras(self, loras: list[RequestLora]) -> None:
+        """Make exactly ``loras`` act, at their scales, in every pipeline of the model (they
+        share the denoiser and text encoders): each is loaded once (``load_lora_weights``
+        as a named adapter), then switched on with ``set_adapters``; with none, the adapters
+        are switched off and the model computes exactly what it did before any was loaded.
+        Never fused: the weights stay as loaded."""
+        active = [lora for lora in loras if lora.scale != 0]
+        self.prompts.loras = ""
+        if not active:
+            if self.adapters:
+                self.base.disable_lora()
+            return
+        names = [self._adapter(lora) for lora in active]
+        for stamp in [s for s, name in self.adapters.items() if name not in names]:
+            if len(self.adapters) <= RESIDENT_LORAS:
+                break
+            self._delete(stamp)
+        scales = [lora.scale for lora in active]
+        self.base.enable_lora()
+        self.base.set_adapters(names, scales)
+        self.prompts.loras = repr(list(zip(names, scales, strict=True)))
+
+    def _adapter(self, lora: RequestLora) -> str:
+        """The adapter name of a LoRA file, loading it the first time."""
+        stat = lora.path.stat()
+        stamp = (str(lora.path), stat.st_mtime_ns, stat.st_size)
+        if stamp in self.adapters:
+            self.adapters.move_to_end(stamp)
+            return self.adapters[stamp]
+        for changed in [s for s in self.adapters if s[0] == stamp[0]]:
+            self._delete(changed)  # the file was replaced since it was loaded
+        name = f"lora_{self.adapters_made}"
+        self.adapters_made += 1
+        try:
+            with building_models(self.device):
+                self.base.load_lora_weights(
+                    str(lora.path.parent), weight_name=lora.path.name, adapter_name=name
+                )
+        except Exception as exc:
+            with building_models(self.device), contextlib.suppress(Exception):
+                self.base.delete_adapters(name)  # whatever part of it was loaded
+            raise JobFailure(
+                f"LoRA {lora.name!r} could not be loaded: {exc}",
+                type="invalid_input",
+            ) from exc
+        self.adapters[stamp] = name
+        return name
+
+    def _delete(self, stamp: LoraStamp) -> None:
+        with building_models(self.device):
+            self.base.delete_adapters(self.adapters.pop(stamp))
+
+    def release(self) -> None:
+        """Unload the LoRAs (the model cache calls this when it unloads the model)."""
+        if self.adapters:
+            with building_models(self.device):
+                self.base.unload_lora_weights()
+            self.adapters.clear()
 
     def pipeline(self, mode: Mode, **components: Any) -> DiffusionPipeline:
         """The mode's pipeline. With extra components (``controlnet``, ``image_encoder``) a
@@ -197,7 +266,7 @@ def load_model(
         speed_up(pipe, speed)
     pipe.set_progress_bar_config(disable=True)
     prompts = PromptCache(prompt_cache)
-    return LoadedModel(pipe, base_mode, prompts, {base_mode: prompts.attach(pipe)})
+    return LoadedModel(pipe, base_mode, device, prompts, {base_mode: prompts.attach(pipe)})
 
 
 def has_variant(model: ImageModel, weights: Weights) -> bool:
@@ -426,6 +495,7 @@ def run(
     adapters = ip_adapter_weights(ctx, runtime) if ctx.request.ip_adapters else None
     if adapters is not None:
         components["image_encoder"] = image_encoder(ctx, runtime, adapters, low_vram)
+    loaded.use_loras(request_loras(runtime.services, ctx.model, ctx.request.loras))
     pipe = loaded.pipeline(ctx.mode, **components)
     if components and low_vram:
         pipe.enable_model_cpu_offload(device=device)

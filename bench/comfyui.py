@@ -217,7 +217,8 @@ class ComfyUI:
         """What ComfyUI's log says it chose: device, VRAM mode, attention, dtypes, kernels."""
         said = Path(self.log.name).read_text(errors="replace").splitlines()
         marks = ("vram state", "Device:", "attention", "dtype", "comfy_kitchen backend")
-        return sorted({line.strip() for line in said if any(m in line for m in marks)})
+        chose = {line.strip() for line in said if any(m in line for m in marks)}
+        return sorted(line for line in chose if "keys" not in line)  # not key-mismatch lists
 
     def stop(self) -> None:
         self.process.terminate()

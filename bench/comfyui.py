@@ -355,6 +355,9 @@ def main() -> None:
         help="a bench/gpu.py report of this machine: add ComfyUI's figures and the ratios",
     )
     args = parser.parse_args()
+    import full_models
+
+    full_models.build(args.models_dir, list(CASES))  # a set written in shards: again, unsharded
     report = measure(
         args.comfyui,
         args.models_dir,

@@ -10,8 +10,10 @@ are written into a models dir, then, in one run on one card:
   (c) the first request after start (load + compilation), and a model switch
       sdxl → flux → sdxl with one model resident (weights in the page cache)
   (d) the FLOP floor (torch.utils.flop_counter) against the measured bf16 matmul rate
+  (e) with --comfyui: the same requests through ComfyUI's HTTP API (bench/comfyui.py)
 
-    python bench/gpu.py --models-dir /tmp/dd-models --out bench/results [--runs 5]
+    python bench/gpu.py --models-dir /tmp/dd-models --out bench/results [--runs 5] \
+        [--comfyui /tmp/comfyui/ComfyUI --comfyui-site /tmp/comfysite]
 
 Writes <out>/<date>-<card>.json and prints a markdown table.
 """
@@ -292,6 +294,8 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=Path("/tmp/dd-images"))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--switch", action="store_true", help="also time a model switch")
+    parser.add_argument("--comfyui", type=Path, help="ComfyUI's folder: also time ComfyUI")
+    parser.add_argument("--comfyui-site", type=Path, default=Path("/tmp/comfysite"))
     parser.add_argument(
         "--configs",
         default='{"default": {}}',
@@ -357,9 +361,22 @@ def main() -> None:
         report["switch"] = model_switch(
             args.models_dir, args.data_dir / "default", args.images, default
         )
+        save()
 
     rate = report["bf16_matmul_tflops"]
     chosen = "default" if "default" in report["api"] else next(iter(report["api"]))
+    if args.comfyui:
+        import comfyui
+
+        site = args.comfyui_site if args.comfyui_site.is_dir() else None
+        log("ComfyUI")
+        try:
+            report["comfyui"] = comfyui.measure(
+                args.comfyui, args.models_dir, args.images, args.runs, site
+            )
+            comfyui.add_ratios(report, chosen)
+        except Exception as error:  # the server's figures stand without it
+            report["comfyui_error"] = repr(error)
     for name in CASES:
         plain, api = report["plain"][name], report["api"][chosen][name]
         key = "sdxl" if name == "sdxl" else "flux_schnell"
@@ -388,6 +405,13 @@ def print_table(report: dict) -> None:
             print(
                 f"| {name} | {config} | {plain['median_s']:.3f} | {api['median_s']:.3f} | "
                 f"{api['median_s'] / plain['median_s']:.3f} | {api['first_request_s']:.1f} | "
+                f"{report[f'{key}_floor_s']:.3f} |"
+            )
+        if "comfyui" in report:
+            comfy = report["comfyui"][name]
+            print(
+                f"| {name} | ComfyUI | {plain['median_s']:.3f} | {comfy['median_s']:.3f} | "
+                f"{comfy['median_s'] / plain['median_s']:.3f} | {comfy['first_request_s']:.1f} | "
                 f"{report[f'{key}_floor_s']:.3f} |"
             )
 

@@ -29,7 +29,7 @@ def test_a_repeated_prompt_is_served_from_the_cache_with_the_same_pixels(
     make_client, workspace: Path, model: str
 ):
     cached, plain = make_client(), make_client(prompt_cache=0)
-    outputs = {}
+    outputs: dict[str, list[np.ndarray]] = {}
     for name, client in (("cached", cached), ("plain", plain)):
         for index, seed in enumerate((1, 2, 1)):
             body = image_request(workspace, "text_to_image", model=model, seed=seed)

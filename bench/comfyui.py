@@ -236,7 +236,7 @@ def peak_memory():
         from contextlib import nullcontext
 
         return nullcontext(None)
-    from videos_texts import PeakMemory
+    from gpu import PeakMemory
 
     return PeakMemory()
 

@@ -30,6 +30,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import full_models  # noqa: E402
-from videos_texts import PeakMemory  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "a lighthouse on a cliff at dusk, volumetric fog, cinematic lighting, 35mm film"
@@ -161,6 +161,30 @@ def plain_diffusers(models_dir: Path, name: str, runs: int, out: Path) -> dict:
         "peak_memory_gib_torch": peak,
         **floor,
     }
+
+
+class PeakMemory:
+    """The card's peak used memory (MiB) while the block runs, sampled from nvidia-smi."""
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.2):
+            used = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            self.peak = max(self.peak, int(used[0]) if used else 0)
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def free_port() -> int:

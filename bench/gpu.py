@@ -223,6 +223,7 @@ class Server:
         import httpx
 
         self.http = httpx.Client(base_url=self.url, timeout=900)
+        self.requests: list[dict] = []  # each request's times, the server's own included
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError("server died; see its log")
@@ -253,6 +254,18 @@ class Server:
         if job.get("status") != "succeeded":
             raise RuntimeError(f"job did not succeed: {job}")
         self.last_timings = job["result"]["timings"]
+        stamps = {
+            k: datetime.fromisoformat(job[k]) for k in ("created_at", "started_at", "finished_at")
+        }
+        self.requests.append(
+            {
+                "model": name,
+                "request_s": elapsed,
+                "queued_s": (stamps["started_at"] - stamps["created_at"]).total_seconds(),
+                "ran_s": (stamps["finished_at"] - stamps["started_at"]).total_seconds(),
+                **job["result"]["timings"],
+            }
+        )
         return elapsed
 
     def stop(self) -> None:
@@ -283,6 +296,7 @@ def through_server(models_dir: Path, data_dir: Path, out: Path, runs: int, env: 
             }
         health = server.http.get("/health").json()
         result["health"] = health
+        result["requests"] = server.requests
     finally:
         server.stop()
     return result

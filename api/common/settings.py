@@ -114,7 +114,7 @@ class ServerSettings(BaseSettings):
         "as the device has free)",
     )
     unloaded_models_ram: str = Field(
-        "50%",
+        "0",
         description="CUDA only: models unloaded from a GPU stay in host RAM up to this much "
         "(bytes, e.g. 32GB, or a share of the machine's RAM, never more than it has "
         "available), so that using them again needs no read from disk and no compilation; "

@@ -10,8 +10,10 @@ explicit ``device_map``, and handed to the pipeline, which loads the rest.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,10 @@ PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 class Speed:
     """How diffusion pipelines run on CUDA (DD_COMPILE, DD_CHANNELS_LAST, DD_PRECISION=fp8).
 
-    compile: ``auto`` = ``regional`` where Triton is installed, else ``off``; ``regional``
-    compiles only the repeated transformer blocks (a first request of seconds, not minutes);
-    ``full`` compiles the whole denoiser and the VAE decoder (fastest once warm).
+    compile: ``auto`` = ``full`` where Triton is installed, else ``off``; ``full`` compiles
+    the whole image denoiser and the VAE decoder (fastest once warm; minutes on a model's
+    first request, then kept on disk; see CompileBudget); ``regional`` compiles only the
+    repeated transformer blocks (a first request of seconds, not minutes).
     fp8: the denoiser's linear layers compute in FP8 (api.common.fp8; changes the pixels).
     """
 
@@ -76,11 +79,45 @@ def transformers_components(location: str, device: str, kwargs: dict[str, Any]) 
 
 
 def compile_mode(speed: Speed) -> str:
-    """``auto`` becomes ``regional`` where Triton (torch.compile's GPU backend) is installed:
-    most of ``full``'s gain for a tenth of its first-request cost (bench/README.md)."""
+    """``auto`` becomes ``full`` where Triton (torch.compile's GPU backend) is installed (the
+    image models compiled whole, with CompileBudget; video models compile their blocks)."""
     if speed.compile != "auto":
         return speed.compile
-    return "regional" if importlib.util.find_spec("triton") is not None else "off"
+    return "full" if importlib.util.find_spec("triton") is not None else "off"
+
+
+# A model compiled whole compiles a static graph for each of its first plain requests'
+# sizes, this many at most (each takes minutes the first time, ~20 s from the disk cache).
+FULL_COMPILES = 2
+
+
+class CompileBudget:
+    """When a model compiled whole (``full``) may compile again: only for plain requests
+    (no LoRAs, ControlNets or IP-Adapters), FULL_COMPILES times. Any other call runs the
+    compiled code where its guards hold and eagerly where they don't, instead of stopping
+    for minutes to compile a graph for one request (a LoRA, a ControlNet, a third size).
+    Other modes compile as torch.compile does (regional blocks recompile in seconds)."""
+
+    def __init__(self, mode: str) -> None:
+        self.full = mode == "full"
+        self.compiles = 0
+
+    @contextlib.contextmanager
+    def calling(self, plain: bool) -> Iterator[None]:
+        if not self.full:
+            yield
+            return
+        import torch
+        from torch._dynamo.utils import counters
+
+        if plain and self.compiles < FULL_COMPILES:
+            before = counters["stats"]["unique_graphs"]
+            yield
+            if counters["stats"]["unique_graphs"] > before:
+                self.compiles += 1
+            return
+        with torch.compiler.set_stance("eager_on_recompile"):
+            yield
 
 
 def denoiser_of(pipe: Any) -> Any:
@@ -127,9 +164,11 @@ def speed_up(pipe: Any, speed: Speed) -> None:
         if mode == "regional" and getattr(denoiser, "_repeated_blocks", None):
             denoiser.compile_repeated_blocks(fullgraph=True)
         else:
-            denoiser.compile(fullgraph=True)
+            # Static shapes: each size its own graph, so a size always runs the same kernels
+            # (no switch to a dynamic graph at the second size, which would round apart).
+            denoiser.compile(fullgraph=True, dynamic=False)
             if mode == "full":
-                pipe.vae.decoder.compile(fullgraph=True)
+                pipe.vae.decoder.compile(fullgraph=True, dynamic=False)
     log.info(
         "%s: compile=%s channels_last=%s fp8=%s",
         type(pipe).__name__,

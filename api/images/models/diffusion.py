@@ -31,7 +31,14 @@ from transformers import CLIPVisionModelWithProjection
 
 from api.common.errors import JobFailure
 from api.common.models import CacheKey, Weights, building_models
-from api.common.pipelines import Speed, load_pipeline, precision_of, speed_up
+from api.common.pipelines import (
+    CompileBudget,
+    Speed,
+    compile_mode,
+    load_pipeline,
+    precision_of,
+    speed_up,
+)
 from api.common.runtime import ModelRuntime
 from api.images.context import ImageContext, Picture
 from api.images.loras import RequestLora, request_loras
@@ -141,6 +148,7 @@ class LoadedModel:
     base_mode: Mode
     device: str
     prompts: PromptCache
+    compiling: CompileBudget
     pipelines: dict[Mode, DiffusionPipeline] = field(default_factory=dict)
     adapters: OrderedDict[LoraStamp, str] = field(default_factory=OrderedDict)
     adapters_made: int = 0  # adapter names are lora_<n>: never one used before
@@ -266,7 +274,9 @@ def load_model(
         speed_up(pipe, speed)
     pipe.set_progress_bar_config(disable=True)
     prompts = PromptCache(prompt_cache)
-    return LoadedModel(pipe, base_mode, device, prompts, {base_mode: prompts.attach(pipe)})
+    compiling = CompileBudget(compile_mode(speed) if on_gpu and not low_vram else "off")
+    pipelines = {base_mode: prompts.attach(pipe)}
+    return LoadedModel(pipe, base_mode, device, prompts, compiling, pipelines)
 
 
 def has_variant(model: ImageModel, weights: Weights) -> bool:
@@ -514,8 +524,12 @@ def run(
             arguments["output_type"] = "pt"  # to 8 bits on the GPU (tensor_to_pil), not numpy
         elif ctx.float_output:
             arguments["output_type"] = "np"
+    # What the model compiled whole compiled for (DD_COMPILE=full): no LoRA ever loaded into
+    # it, no ControlNet, no IP-Adapter. Other calls don't stop to compile (CompileBudget).
+    plain = not (loaded.adapters or components)
     pictures = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(loaded.compiling.calling(plain))
         if adapters is not None:
             arguments |= stack.enter_context(ip_adapters_loaded(pipe, ctx, adapters, device))
         # One call per image, each with its own generator: image i of a batch is exactly the

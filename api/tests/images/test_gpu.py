@@ -77,3 +77,30 @@ def test_batches_exr_16_bit_and_reruns_on_the_gpu(
     sixteen = cv2.imread(str(deep), cv2.IMREAD_UNCHANGED)
     assert sixteen is not None and sixteen.dtype == np.uint16 and sixteen.shape == (64, 64, 3)
     assert np.any(sixteen % 257)  # not an 8-bit image scaled up
+
+
+def test_a_model_compiled_whole_stops_compiling_after_its_first_sizes(make_settings, workspace):
+    """DD_COMPILE=full (the default where Triton is): the first two plain sizes compile (a
+    static graph each: a size gives the same pixels every time), a third size and a LoRA
+    run without compiling again (eagerly, where no graph fits)."""
+    from torch._dynamo.utils import counters
+
+    def graphs() -> int:
+        return counters["stats"]["unique_graphs"]
+
+    settings = make_settings(compile="full")
+    with TestClient(create_app(settings, devices=["cuda:0"])) as client:
+
+        def run(size: int, **extra) -> np.ndarray:
+            body = QUICK | {"model": "sdxl", "max_width": size, "max_height": size} | extra
+            job = client.post("/api/images?wait=600", json=body).json()
+            assert job["status"] == "succeeded", job["error"]
+            return np.asarray(decode(client.get(job["result"]["images"][0]["url"]).content))
+
+        first = run(64)
+        run(96)
+        compiled = graphs()
+        assert np.array_equal(run(64), first)  # its own static graph: the same pixels
+        run(128)
+        run(64, loras=[{"name": "tiny-sdxl", "scale": 1.0}])
+        assert graphs() == compiled

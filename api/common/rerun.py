@@ -14,8 +14,8 @@ from pydantic import Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.common.domain import Domain, Submission
-from api.common.errors import ApiError, Conflict
-from api.common.jobs.router import WaitSeconds, job_response, one_of, submit_route
+from api.common.errors import ApiError, Conflict, Forbidden
+from api.common.jobs.router import WaitSeconds, job_response, one_of, submit_job, submit_route
 from api.common.schemas import RequestModel
 from api.common.services import Services
 
@@ -87,9 +87,13 @@ def rerun_router(domains: Sequence[Domain]) -> APIRouter:
         submission = await run_in_threadpool(
             check_again, domain.check_request, request.app.state.services, job.request, overrides
         )
-        new = await run_in_threadpool(
-            engine.submit, job.kind, submission.model, submission.request, submission.queue
-        )
+        try:
+            new = await submit_job(
+                request, job.kind, submission.model, submission.request, submission.queue
+            )
+        except Forbidden as exc:  # the priority it had, or the one the overrides ask for
+            exc.field = ".".join(_named((str(exc.field),), overrides))
+            raise
         return await job_response(request, new, wait, response)
 
     return router

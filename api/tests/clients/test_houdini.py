@@ -44,6 +44,7 @@ def test_parameters_become_the_request_fields(hou: FakeHou):
         "optimize_low_vram": False,
         "num_images": 1,
         "bit_depth": 8,
+        "priority": 0,
     }
     node.parm("seed").set(7)
     node.parm("max_width").set(64)
@@ -55,6 +56,7 @@ def test_parameters_become_the_request_fields(hou: FakeHou):
         "model": "depth-anything",
         "output_image_path": str(hou.hip / "deferred_diffusion/img1/img1.0001.png"),
         "depth_format": "png16",
+        "priority": 0,
     }
     node.parm("model").set("sdxl")
     node.parm("bit_depth").set("16")  # a menu of numbers sends a number

@@ -252,6 +252,46 @@ def test_sse_progress_and_cancel(cluster: tuple[Server, Workers, Path]):
     until(lambda: http.get("/health").json()["queue"]["running"] == 0, "the workers idle")
 
 
+def test_priorities_reorder_a_queue(cluster: tuple[Server, Workers, Path]):
+    """Both workers busy: jobs queued at several priorities wait in priority order (then
+    first come), their queue positions say so, and the worker freed first runs them in that
+    order, whichever job's message it takes."""
+    api, workers, show = cluster
+    http = httpx.Client(base_url=api.url, timeout=60)
+    busy = [http.post("/api/images", json=LONG).json() for _ in range(2)]
+    for job in busy:
+        until(
+            lambda job=job: http.get(f"/api/jobs/{job['id']}").json()["status"] == "running",
+            "both long jobs running",
+        )
+    submitted = {
+        name: http.post("/api/images", json=QUICK | extra).json()
+        for name, extra in (
+            ("low", {"priority": -5}),
+            ("default", {}),
+            ("high", {"priority": 5}),
+            ("urgent", {"priority": 10}),
+            ("high, later", {"priority": 5}),
+        )
+    }
+    runs_in = ["urgent", "high", "high, later", "default", "low"]
+    jobs = {name: http.get(f"/api/jobs/{job['id']}").json() for name, job in submitted.items()}
+    expected = {name: position for position, name in enumerate(runs_in, start=1)}
+    assert {name: job["queue_position"] for name, job in jobs.items()} == expected
+    assert [jobs[name]["request"]["priority"] for name in runs_in] == [10, 5, 5, 0, -5]
+    assert http.get("/health").json()["queues"]["device"] == {"queued": 5, "running": 2}
+
+    freed = http.delete(f"/api/jobs/{busy[0]['id']}").json()["worker"]
+    done = wait_all(http, [submitted[name]["id"] for name in runs_in])
+    assert [job["status"] for job in done] == ["succeeded"] * len(runs_in), done
+    assert {job["worker"] for job in done} == {freed}  # the other worker still busy
+    started = [job["started_at"] for job in done]
+    assert started == sorted(started) and len(set(started)) == len(started)
+    assert http.get(f"/api/jobs/{busy[1]['id']}").json()["status"] == "running"
+    http.delete(f"/api/jobs/{busy[1]['id']}")
+    until(lambda: http.get("/health").json()["queue"]["running"] == 0, "the workers idle")
+
+
 def running_on(http: httpx.Client, job_id: str, not_on: str | None = None) -> dict:
     """The job once running (on a worker other than ``not_on``) with a step done."""
 

@@ -12,6 +12,7 @@ from api.common.errors import InvalidField
 from api.common.models import Weights
 from api.images.registry import (
     SIZE_MULTIPLE,
+    TINY_MIN_SIZE,
     TINY_SIZE,
     VAE_SCALE,
     ImageModel,
@@ -30,6 +31,14 @@ def default_size(model: ImageModel, weights: Weights | None) -> tuple[int, int]:
     return model.width, model.height
 
 
+def smallest_side(model: ImageModel, weights: Weights | None) -> int:
+    """The smallest max_width / max_height a generative model takes: its family's (MIN_SIZES),
+    or TINY_MIN_SIZE when its weights are tiny."""
+    if weights is not None and weights.tiny:
+        return min(model.min_size, TINY_MIN_SIZE)
+    return model.min_size
+
+
 def largest_side(weights: Weights | None) -> int | None:
     """The widest output a denoiser's weights can make, where their config says: SD3's
     transformer learned position embeddings for ``pos_embed_max_size`` patches a side
@@ -46,11 +55,19 @@ def largest_side(weights: Weights | None) -> int | None:
     return int(patches) * int(values.get("patch_size", 2)) * VAE_SCALE
 
 
-def check_max_side(model: ImageModel, weights: Weights | None, request: ImageRequest) -> None:
+def check_sides(model: ImageModel, weights: Weights | None, request: ImageRequest) -> None:
     """max_width / max_height within what the model's weights can make, or a 422 on it."""
+    smallest = smallest_side(model, weights)
     largest = largest_side(weights)
     for name in ("max_width", "max_height"):
         value = getattr(request, name)
+        if value is not None and value < smallest:
+            tiny = " with tiny weights" if weights is not None and weights.tiny else ""
+            raise InvalidField(
+                f"{name} {value} is less than {model.name} makes{tiny}: at least {smallest} px a "
+                "side (GET /api/models: min_size); ask for more",
+                name,
+            )
         if largest is not None and value is not None and value > largest:
             raise InvalidField(
                 f"{name} {value} is more than {model.name} can make: at most {largest} px a "

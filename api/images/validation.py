@@ -48,7 +48,7 @@ from api.images.schemas import (
     SegmentationRequest,
     UpscaleRequest,
 )
-from api.images.sizing import check_max_side, default_size
+from api.images.sizing import check_sides, default_size
 
 # Every field of any image request: one that the chosen model's request lacks "does not
 # apply" to it (a field in none of them is simply unknown).
@@ -171,7 +171,7 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
         if not model.external:
             weights = services.find_weights(model.name, model.repo)
         width, height = default_size(model, weights)
-        check_max_side(model, weights, request)
+        check_sides(model, weights, request)
         defaults |= {
             "max_width": request.max_width or width,
             "max_height": request.max_height or height,

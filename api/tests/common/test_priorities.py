@@ -8,32 +8,44 @@ import json
 import sqlite3
 from pathlib import Path
 
+import httpx
 from fastapi.testclient import TestClient
 
 from api.common.jobs.store import JobStore
 from api.tests.common.test_jobs import QUICK, SLOW, wait_for
 
+# Jobs queued in this order, by name, with their priority (absent: the default, 0)...
+PRIORITIES: tuple[tuple[str, dict[str, int]], ...] = (
+    ("low", {"priority": -5}),
+    ("default", {}),
+    ("high", {"priority": 5}),
+    ("urgent", {"priority": 10}),
+    ("high, later", {"priority": 5}),
+)
+# ...run in this one: higher first, equal ones first come, first served.
+RUNS_IN = ["urgent", "high", "high, later", "default", "low"]
+
+
+def queue_at_priorities(http: httpx.Client | TestClient, body: dict) -> dict[str, dict]:
+    """Queue ``body`` at each of PRIORITIES (behind busy runners or workers): their queue
+    positions say RUNS_IN, their requests their priority. The jobs as submitted, by name."""
+    submitted = {
+        name: http.post("/api/images", json=body | extra).json() for name, extra in PRIORITIES
+    }
+    jobs = {name: http.get(f"/api/jobs/{job['id']}").json() for name, job in submitted.items()}
+    assert {name: job["queue_position"] for name, job in jobs.items()} == {
+        name: position for position, name in enumerate(RUNS_IN, start=1)
+    }
+    assert [jobs[name]["request"]["priority"] for name in RUNS_IN] == [10, 5, 5, 0, -5]
+    assert submitted["low"]["queue_position"] == 1  # truthful when it was alone
+    return submitted
+
 
 def test_priorities_reorder_a_queue(client: TestClient):
     busy = client.post("/api/images", json=SLOW).json()  # holds the one runner
     wait_for(client, busy["id"], lambda job: job["status"] == "running")
-    submitted = {
-        name: client.post("/api/images", json=QUICK | extra).json()
-        for name, extra in (
-            ("low", {"priority": -5}),
-            ("default", {}),
-            ("high", {"priority": 5}),
-            ("urgent", {"priority": 10}),
-            ("high, later", {"priority": 5}),
-        )
-    }
-    runs_in = ["urgent", "high", "high, later", "default", "low"]
-    jobs = {name: client.get(f"/api/jobs/{job['id']}").json() for name, job in submitted.items()}
-    assert {name: job["queue_position"] for name, job in jobs.items()} == {
-        name: position for position, name in enumerate(runs_in, start=1)
-    }
-    assert [jobs[name]["request"]["priority"] for name in runs_in] == [10, 5, 5, 0, -5]
-    assert submitted["low"]["queue_position"] == 1  # truthful when it was alone
+    submitted = queue_at_priorities(client, QUICK)
+    runs_in = list(RUNS_IN)
     # Cancelling one moves those behind it up, and only those.
     assert client.delete(f"/api/jobs/{submitted['high']['id']}").status_code == 200
     runs_in.remove("high")

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+from api.tests.common.test_priorities import RUNS_IN, queue_at_priorities
 from api.tests.common.test_server_process import REPO, Server, free_port
 from api.tests.images.test_gpt_image import KEY as OPENAI_KEY
 from api.tests.images.test_gpt_image import FakeOpenAI
@@ -264,26 +265,12 @@ def test_priorities_reorder_a_queue(cluster: tuple[Server, Workers, Path]):
             lambda job=job: http.get(f"/api/jobs/{job['id']}").json()["status"] == "running",
             "both long jobs running",
         )
-    submitted = {
-        name: http.post("/api/images", json=QUICK | extra).json()
-        for name, extra in (
-            ("low", {"priority": -5}),
-            ("default", {}),
-            ("high", {"priority": 5}),
-            ("urgent", {"priority": 10}),
-            ("high, later", {"priority": 5}),
-        )
-    }
-    runs_in = ["urgent", "high", "high, later", "default", "low"]
-    jobs = {name: http.get(f"/api/jobs/{job['id']}").json() for name, job in submitted.items()}
-    expected = {name: position for position, name in enumerate(runs_in, start=1)}
-    assert {name: job["queue_position"] for name, job in jobs.items()} == expected
-    assert [jobs[name]["request"]["priority"] for name in runs_in] == [10, 5, 5, 0, -5]
+    submitted = queue_at_priorities(http, QUICK)
     assert http.get("/health").json()["queues"]["device"] == {"queued": 5, "running": 2}
 
     freed = http.delete(f"/api/jobs/{busy[0]['id']}").json()["worker"]
-    done = wait_all(http, [submitted[name]["id"] for name in runs_in])
-    assert [job["status"] for job in done] == ["succeeded"] * len(runs_in), done
+    done = wait_all(http, [submitted[name]["id"] for name in RUNS_IN])
+    assert [job["status"] for job in done] == ["succeeded"] * len(RUNS_IN), done
     assert {job["worker"] for job in done} == {freed}  # the other worker still busy
     started = [job["started_at"] for job in done]
     assert started == sorted(started) and len(set(started)) == len(started)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image
-
 from api.common.errors import InvalidField
 from api.common.models import Weights
 from api.images.registry import (
@@ -80,9 +78,36 @@ def round_size(value: float) -> int:
     return max(SIZE_MULTIPLE, int(value) // SIZE_MULTIPLE * SIZE_MULTIPLE)
 
 
-def output_size(max_width: int, max_height: int, image: Image.Image | None) -> tuple[int, int]:
-    """Text→image: the bounds. With an input image: its aspect ratio, scaled to fit them."""
-    if image is None:
+def output_size(
+    max_width: int, max_height: int, image_size: tuple[int, int] | None
+) -> tuple[int, int]:
+    """Text→image: the bounds. With an input image (its size): its aspect ratio, scaled to
+    fit them."""
+    if image_size is None:
         return round_size(max_width), round_size(max_height)
-    scale = min(max_width / image.width, max_height / image.height)
-    return round_size(image.width * scale), round_size(image.height * scale)
+    width, height = image_size
+    scale = min(max_width / width, max_height / height)
+    return round_size(width * scale), round_size(height * scale)
+
+
+def check_output_size(
+    model: ImageModel,
+    weights: Weights | None,
+    max_width: int,
+    max_height: int,
+    image_size: tuple[int, int] | None,
+) -> None:
+    """The output an input's aspect ratio makes within the bounds: each side at least the
+    model's smallest, or a 422 on input_image_path (a very wide or tall plate)."""
+    if image_size is None:
+        return
+    width, height = output_size(max_width, max_height, image_size)
+    smallest = smallest_side(model, weights)
+    if min(width, height) < smallest:
+        raise InvalidField(
+            f"input_image_path is {image_size[0]}x{image_size[1]}: fitted into max_width x "
+            f"max_height ({max_width}x{max_height}), aspect kept, the output would be "
+            f"{width}x{height}, under {model.name}'s min_size of {smallest} px a side; raise "
+            "max_width/max_height or crop the input",
+            "input_image_path",
+        )

@@ -236,7 +236,7 @@ def test_wider_than_the_weights_can_make(client: TestClient, tmp_path: Path, tin
     assert client.post("/api/images?wait=60", json=OK | {"model": "sd3"}).status_code == 200
 
 
-def test_smaller_than_the_model_makes(client: TestClient, tmp_path: Path):
+def test_smaller_than_the_model_makes(client: TestClient, workspace: Path, tmp_path: Path):
     """A side under the model's minimum is a 422 at submit: tiny weights' UNets can't
     normalise a 1x1 latent (16 px without guidance failed the job as internal_error)."""
     models = {m["name"]: m for m in client.get("/api/models").json()}
@@ -247,6 +247,11 @@ def test_smaller_than_the_model_makes(client: TestClient, tmp_path: Path):
     for name in ("max_width", "max_height"):
         body = OK | {"guidance_scale": 1.0, name: 16}
         assert_rejected(client, tmp_path, body, 422, name, "at least 32 px a side")
+    # A plate's aspect ratio, kept, can make a side too small within large enough bounds.
+    wide = write_image(workspace / "wide.png", (256, 32))
+    body = OK | {"input_image_path": str(wide), "strength": 1.0}
+    error = assert_rejected(client, tmp_path, body, 422, "input_image_path", "would be 64x16")
+    assert "min_size of 32 px a side" in error["message"]
     smallest = OK | {"guidance_scale": 1.0, "max_width": 32, "max_height": 32}
     job = client.post("/api/images?wait=60", json=smallest).json()
     assert job["status"] == "succeeded", job["error"]

@@ -110,6 +110,15 @@ def test_an_api_keys_max_priority(make_client):
     assert refused.json()["error"]["field"] == "overrides.priority"
     lowered = client.post(rerun, json={"overrides": {"priority": 0}}, headers=farm)
     assert lowered.status_code == 202 and lowered.json()["request"]["priority"] == 0
+    # So does a re-run of an output, from the request in its metadata.
+    done = client.get(f"/api/jobs/{urgent.json()['id']}?wait=120", headers=supervisor).json()
+    image = {"image_path": done["result"]["images"][0]["path"]}
+    refused = client.post("/api/images/rerun", json=image, headers=farm)
+    assert refused.status_code == 403 and refused.json()["error"]["field"] == "priority"
+    overrides = {"overrides": {"priority": 3}}
+    refused = client.post("/api/images/rerun", json=image | overrides, headers=farm)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["field"] == "overrides.priority"
     assert len(client.get("/api/jobs", headers=supervisor).json()) == 5
     for job in client.get("/api/jobs", headers=supervisor).json():
         client.delete(f"/api/jobs/{job['id']}", headers=supervisor)

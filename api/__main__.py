@@ -79,6 +79,10 @@ def worker(args: argparse.Namespace) -> int:
             devices = compute_devices("auto")
         else:
             devices = [_device(args.device)]
+        if queues != ["external"]:  # a worker for the providers' jobs runs no model
+            from api.common.devices import check_precision
+
+            check_precision(settings.precision, devices)
     except SettingsError as exc:
         print(f"deferred-diffusion worker: {exc}", file=sys.stderr)
         return 2

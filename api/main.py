@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from api import __version__
 from api.common import router as common
 from api.common.datadir import lock_data_dir, unlock_data_dir
-from api.common.devices import compute_devices
+from api.common.devices import check_precision, compute_devices
 from api.common.domain import Domain
 from api.common.errors import error_responses
 from api.common.http import BodyLimit, body_limit, install_docs, install_error_handlers
@@ -90,6 +90,7 @@ def job_engine(
         return distributed
     store = JobStore(services.data_dir / "jobs.sqlite3")
     devices = devices or compute_devices(settings.device)
+    check_precision(settings.precision, devices)
     handlers, warm_up = job_functions(services, domains)
     processes = (
         DeviceProcesses(settings, job_functions, services)

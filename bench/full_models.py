@@ -2,16 +2,22 @@
 
 Real architectures (the published configs) cost the same FLOPs as the real checkpoints, so
 the server can be timed on a machine with no hub access. Weights are drawn on the GPU and
-saved as safetensors (SDXL fp16, FLUX bf16, as the downloads are); tokenizers are built
-here with the real vocabulary sizes (CLIP 49408, T5 32100 + padding to 32128).
+saved as safetensors (SDXL fp16, FLUX bf16, as the downloads are), one file per part (no
+shards: ComfyUI's single-file loaders read the same files, bench/comfyui.py); tokenizers are
+built here with the real vocabulary sizes (CLIP 49408, T5 32100 + padding to 32128).
 
-    python bench/full_models.py DIR [--only sdxl flux-schnell]
+    python bench/full_models.py DIR [--only sdxl flux-schnell] [--reduced]
+
+--reduced writes a CPU-sized set for checking the wiring, not for timing: real widths and
+text encoders, the fewest denoiser layers ComfyUI still recognises (the SDXL UNet with
+Segmind Vega's transformer depths, one FLUX block of each kind), weights left undrawn.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -129,7 +135,7 @@ def t5_xxl_config():
     )
 
 
-def sdxl_unet():
+def sdxl_unet(reduced: bool = False):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -141,7 +147,7 @@ def sdxl_unet():
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=(5, 10, 20),
-        transformer_layers_per_block=(1, 2, 10),
+        transformer_layers_per_block=(1, 1, 2) if reduced else (1, 2, 10),
         cross_attention_dim=2048,
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -173,14 +179,14 @@ def vae(latent_channels: int, scaling_factor: float, shift_factor: float | None)
     )
 
 
-def flux_transformer():
+def flux_transformer(reduced: bool = False):
     from diffusers import FluxTransformer2DModel
 
     return FluxTransformer2DModel(
         patch_size=1,
         in_channels=64,
-        num_layers=19,
-        num_single_layers=38,
+        num_layers=1 if reduced else 19,
+        num_single_layers=1 if reduced else 38,
         attention_head_dim=128,
         num_attention_heads=24,
         joint_attention_dim=4096,
@@ -209,20 +215,29 @@ def _empty(make):
     return module.to_empty(device="cuda")
 
 
-def build_sdxl(folder: Path) -> None:
+def _part(make, dtype: torch.dtype, seed: int, reduced: bool) -> torch.nn.Module:
+    """A model part with drawn weights on the GPU, or (reduced) undrawn in CPU memory."""
+    if not reduced:
+        return randomise(_empty(make), dtype, seed)
+    with torch.device("meta"):
+        module = make()
+    return module.to(dtype).to_empty(device="cpu")
+
+
+def build_sdxl(folder: Path, reduced: bool = False) -> None:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     dtype = torch.float16
     pipe = StableDiffusionXLPipeline(
-        vae=randomise(_empty(lambda: vae(4, 0.13025, None)), dtype, 1),
-        text_encoder=randomise(_empty(lambda: CLIPTextModel(clip_l_config())), dtype, 2),
-        text_encoder_2=randomise(
-            _empty(lambda: CLIPTextModelWithProjection(clip_bigg_config())), dtype, 3
+        vae=_part(lambda: vae(4, 0.13025, None), dtype, 1, reduced),
+        text_encoder=_part(lambda: CLIPTextModel(clip_l_config()), dtype, 2, reduced),
+        text_encoder_2=_part(
+            lambda: CLIPTextModelWithProjection(clip_bigg_config()), dtype, 3, reduced
         ),
         tokenizer=clip_tokenizer(),
         tokenizer_2=clip_tokenizer(pad_token="!"),
-        unet=randomise(_empty(sdxl_unet), dtype, 4),
+        unet=_part(lambda: sdxl_unet(reduced), dtype, 4, reduced),
         scheduler=EulerDiscreteScheduler(
             beta_start=0.00085,
             beta_end=0.012,
@@ -234,10 +249,11 @@ def build_sdxl(folder: Path) -> None:
             interpolation_type="linear",
         ),
     )
-    pipe.save_pretrained(folder, safe_serialization=True)
+    pipe.save_pretrained(folder, safe_serialization=True, max_shard_size=UNSHARDED)
+    clip_keys_as_published(folder / "text_encoder" / "model.safetensors")
 
 
-def build_flux(folder: Path) -> None:
+def build_flux(folder: Path, reduced: bool = False) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import CLIPTextModel, T5EncoderModel
 
@@ -246,17 +262,35 @@ def build_flux(folder: Path) -> None:
         scheduler=FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
         ),
-        vae=randomise(_empty(lambda: vae(16, 0.3611, 0.1159)), dtype, 5),
-        text_encoder=randomise(_empty(lambda: CLIPTextModel(clip_l_config())), dtype, 6),
+        vae=_part(lambda: vae(16, 0.3611, 0.1159), dtype, 5, reduced),
+        text_encoder=_part(lambda: CLIPTextModel(clip_l_config()), dtype, 6, reduced),
         tokenizer=clip_tokenizer(),
-        text_encoder_2=randomise(_empty(lambda: T5EncoderModel(t5_xxl_config())), dtype, 7),
+        text_encoder_2=_part(lambda: T5EncoderModel(t5_xxl_config()), dtype, 7, reduced),
         tokenizer_2=t5_tokenizer(),
-        transformer=randomise(_empty(flux_transformer), dtype, 8),
+        transformer=_part(lambda: flux_transformer(reduced), dtype, 8, reduced),
     )
-    pipe.save_pretrained(folder, safe_serialization=True, max_shard_size="10GB")
+    pipe.save_pretrained(folder, safe_serialization=True, max_shard_size=UNSHARDED)
+    clip_keys_as_published(folder / "text_encoder" / "model.safetensors")
+
+
+def clip_keys_as_published(path: Path) -> None:
+    """transformers 5 writes CLIPTextModel's keys without the `text_model.` prefix that the
+    published checkpoints have (and ComfyUI's loaders look for); write them as published
+    (transformers reads either)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path)
+    if all(key.startswith("text_model.") for key in weights):
+        return
+    published = {
+        key if key.startswith("text_model.") else f"text_model.{key}": value
+        for key, value in weights.items()
+    }
+    save_file(published, path, metadata={"format": "pt"})
 
 
 BUILDERS = {"sdxl": build_sdxl, "flux-schnell": build_flux}
+UNSHARDED = "100GB"  # above the largest part (FLUX's transformer, 23.8 GB): one file each
 
 
 def parameter_counts() -> dict[str, float]:
@@ -273,17 +307,28 @@ def parameter_counts() -> dict[str, float]:
     return {name: sum(p.numel() for p in m.parameters()) / 1e9 for name, m in parts.items()}
 
 
-def build(models_dir: Path, names: list[str]) -> dict[str, float]:
-    """Build the named models that are not there yet; returns seconds per model built."""
+def build(models_dir: Path, names: list[str], reduced: bool = False) -> dict[str, float]:
+    """Build the named models that are not there yet; returns seconds per model built.
+
+    A folder this script wrote in shards (before one file per part) is written again."""
     seconds = {}
     for name in names:
         folder = models_dir / name
+        ours = (folder / "bench-random-weights.json").is_file()
         if (folder / "model_index.json").is_file():
-            continue
+            if not any(folder.glob("*/*.safetensors.index.json")):
+                if ours:  # written before the keys were as published
+                    clip_keys_as_published(folder / "text_encoder" / "model.safetensors")
+                continue
+            if ours:
+                shutil.rmtree(folder)
         started = time.perf_counter()
-        BUILDERS[name](folder)
-        (folder / "bench-random-weights.json").write_text(json.dumps({"random": True}))
-        torch.cuda.empty_cache()
+        BUILDERS[name](folder, reduced)
+        (folder / "bench-random-weights.json").write_text(
+            json.dumps({"random": True, "reduced": reduced})
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         seconds[name] = time.perf_counter() - started
     return seconds
 
@@ -292,5 +337,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--only", nargs="*", default=list(BUILDERS))
+    parser.add_argument("--reduced", action="store_true", help="CPU-sized wiring check set")
     args = parser.parse_args()
-    print(build(args.dir, args.only))
+    print(build(args.dir, args.only, args.reduced))

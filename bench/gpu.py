@@ -10,8 +10,10 @@ are written into a models dir, then, in one run on one card:
   (c) the first request after start (load + compilation), and a model switch
       sdxl → flux → sdxl with one model resident (weights in the page cache)
   (d) the FLOP floor (torch.utils.flop_counter) against the measured bf16 matmul rate
+  (e) with --comfyui: the same requests through ComfyUI's HTTP API (bench/comfyui.py)
 
-    python bench/gpu.py --models-dir /tmp/dd-models --out bench/results [--runs 5]
+    python bench/gpu.py --models-dir /tmp/dd-models --out bench/results [--runs 5] \
+        [--comfyui /tmp/comfyui/ComfyUI --comfyui-site /tmp/comfysite]
 
 Writes <out>/<date>-<card>.json and prints a markdown table.
 """
@@ -28,6 +30,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +48,7 @@ CASES = {
     "flux-schnell": {"steps": 4, "guidance_scale": 0.0, "dtype": torch.bfloat16},
 }
 SIZE = 1024
+STAGES = ("build", "plain", "server", "restart", "switch", "comfyui")
 
 
 def log(*parts: object) -> None:
@@ -145,10 +149,42 @@ def plain_diffusers(models_dir: Path, name: str, runs: int, out: Path) -> dict:
         image.save(out / f"plain-{name}-{seed}.png")
         return time.perf_counter() - t0
 
+    torch.cuda.reset_peak_memory_stats()
     one(0)  # warm-up
     times = [one(seed) for seed in range(1, runs + 1)]
+    peak = torch.cuda.max_memory_allocated() / 2**30
     floor = flop_floor(pipe, name)
-    return {"load_s": load_s, "times_s": times, "median_s": statistics.median(times), **floor}
+    return {
+        "load_s": load_s,
+        "times_s": times,
+        "median_s": statistics.median(times),
+        "peak_memory_gib_torch": peak,
+        **floor,
+    }
+
+
+class PeakMemory:
+    """The card's peak used memory (MiB) while the block runs, sampled from nvidia-smi."""
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.2):
+            used = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            self.peak = max(self.peak, int(used[0]) if used else 0)
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def free_port() -> int:
@@ -187,6 +223,7 @@ class Server:
         import httpx
 
         self.http = httpx.Client(base_url=self.url, timeout=900)
+        self.requests: list[dict] = []  # each request's times, the server's own included
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError("server died; see its log")
@@ -217,6 +254,18 @@ class Server:
         if job.get("status") != "succeeded":
             raise RuntimeError(f"job did not succeed: {job}")
         self.last_timings = job["result"]["timings"]
+        stamps = {
+            k: datetime.fromisoformat(job[k]) for k in ("created_at", "started_at", "finished_at")
+        }
+        self.requests.append(
+            {
+                "model": name,
+                "request_s": elapsed,
+                "queued_s": (stamps["started_at"] - stamps["created_at"]).total_seconds(),
+                "ran_s": (stamps["finished_at"] - stamps["started_at"]).total_seconds(),
+                **job["result"]["timings"],
+            }
+        )
         return elapsed
 
     def stop(self) -> None:
@@ -247,31 +296,57 @@ def through_server(models_dir: Path, data_dir: Path, out: Path, runs: int, env: 
             }
         health = server.http.get("/health").json()
         result["health"] = health
+        result["requests"] = server.requests
     finally:
         server.stop()
     return result
 
 
 def restart(models_dir: Path, data_dir: Path, out: Path, env: dict) -> dict:
-    """(c) the first request of each model after a restart (compile cache on disk warm)."""
+    """(c) the first request of each model after a restart (compile cache on disk warm), with
+    the server's own timings of it (``load_s``: the weights' load from the page cache)."""
     server = Server(models_dir, data_dir, out, **env)
     try:
-        return {
-            "start_s": server.start_s,
-            "first_request_s": {name: server.generate(name, 200) for name in CASES},
-        }
+        first, timings = {}, {}
+        for name in CASES:
+            first[name] = server.generate(name, 200)
+            timings[name] = server.last_timings
+        return {"start_s": server.start_s, "first_request_s": first, "server_timings_s": timings}
     finally:
         server.stop()
 
 
 def model_switch(models_dir: Path, data_dir: Path, out: Path, env: dict) -> dict:
-    """(c) sdxl → flux → sdxl with one model resident: each request loads from page cache."""
+    """(c) sdxl → flux → sdxl with one model resident (DD_MAX_LOADED_MODELS=1), after a
+    first request of each (so each has been loaded once in this process, as after a day's
+    work): each switch, the card's peak memory with that model alone on it, and whether the
+    model coming back gives the pixels it gave before it left."""
     server = Server(models_dir, data_dir, out, DD_MAX_LOADED_MODELS="1", **env)
     try:
-        order = ["sdxl", "flux-schnell", "sdxl"]
+        order = ["sdxl", "flux-schnell", "sdxl", "flux-schnell"]
+        switches = []
+        for i, name in enumerate(order):
+            with PeakMemory() as memory:
+                seconds = server.generate(name, 300 + i % 2, tag=f"-switch{i}")
+            switches.append(
+                {
+                    "model": name,
+                    "request_s": seconds,
+                    "server_timings_s": server.last_timings,
+                    "peak_gpu_memory_mib": memory.peak,
+                }
+            )
+        pixels_kept = {
+            name: same_pixels(
+                out / f"api-{name}-{300 + i % 2}-switch{i}.png",
+                out / f"api-{name}-{300 + i % 2}-switch{i + 2}.png",
+            )
+            for i, name in enumerate(order[:2])
+        }
         return {
             "start_s": server.start_s,
-            "requests_s": [[name, server.generate(name, 100 + i)] for i, name in enumerate(order)],
+            "requests": switches,
+            "same_pixels_after_switching_back": pixels_kept,
         }
     finally:
         server.stop()
@@ -291,13 +366,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--images", type=Path, default=Path("/tmp/dd-images"))
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--switch", action="store_true", help="also time a model switch")
+    parser.add_argument("--comfyui", type=Path, help="ComfyUI's folder: also time ComfyUI")
+    parser.add_argument("--comfyui-site", type=Path, default=Path("/tmp/comfysite"))
     parser.add_argument(
         "--configs",
         default='{"default": {}}',
         help="JSON: server configuration name → extra DD_ settings; each is timed in turn "
         "(the ratios use the one named default)",
     )
+    parser.add_argument(
+        "--stages",
+        nargs="*",
+        default=list(STAGES),
+        choices=STAGES,
+        help="what to run (one call on a GPU machine may not fit them all: later stages "
+        "add to the report file the earlier ones wrote, see --report)",
+    )
+    parser.add_argument("--report", type=Path, help="the report to write or add to")
     args = parser.parse_args()
     args.images.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -307,8 +392,14 @@ def main() -> None:
     import transformers
 
     card = torch.cuda.get_device_name(0)
-    report: dict = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    slug = card.replace("NVIDIA ", "").replace(" ", "-").lower()
+    today = datetime.now(UTC).isoformat(timespec="seconds")
+    path = args.report or args.out / f"{today[:10]}-{slug}.json"
+    report: dict = json.loads(path.read_text()) if path.is_file() else {}
+    if report.get("device", card) != card:
+        raise SystemExit(f"{path} was measured on {report['device']}, not {card}")
+    report.setdefault("date", today)
+    report |= {
         "device": card,
         "versions": {
             "torch": torch.__version__,
@@ -317,59 +408,98 @@ def main() -> None:
             "python": platform.python_version(),
             "cuda": torch.version.cuda,
         },
-        "server_configs": configs,
         "parameters_billion": full_models.parameter_counts(),
     }
-    slug = card.replace("NVIDIA ", "").replace(" ", "-").lower()
-    path = args.out / f"{report['date'][:10]}-{slug}.json"
+    report["server_configs"] = report.get("server_configs", {}) | configs
 
     def save() -> None:  # after every stage, so a run cut short still leaves its figures
         path.write_text(json.dumps(report, indent=2) + "\n")
 
-    log("building models")
-    report["build_s"] = full_models.build(args.models_dir, list(CASES))
-    report["bf16_matmul_tflops"] = matmul_tflops()
-    save()
-    log("plain diffusers")
-    report["plain"] = {}
-    for name in CASES:
-        report["plain"][name] = plain_diffusers(args.models_dir, name, args.runs, args.images)
-        gc.collect()
-        torch.cuda.empty_cache()  # the pipeline is gone with the call: free the card
+    if "build" in args.stages:
+        log("building models")
+        report["build_s"] = full_models.build(args.models_dir, list(CASES))
+        report["bf16_matmul_tflops"] = matmul_tflops()
         save()
-    report["api"] = {}
-    for config, env in configs.items():
-        log("through the server:", config)
-        data_dir = args.data_dir / config  # its own compile cache: each config starts cold
-        report["api"][config] = through_server(
-            args.models_dir, data_dir, args.images, args.runs, env
-        )
-        save()
-    if "default" in configs:
+    if "plain" in args.stages:
+        log("plain diffusers")
+        report["plain"] = {}
+        for name in CASES:
+            report["plain"][name] = plain_diffusers(args.models_dir, name, args.runs, args.images)
+            gc.collect()
+            torch.cuda.empty_cache()  # the pipeline is gone with the call: free the card
+            save()
+    if "server" in args.stages:
+        report.setdefault("api", {})
+        for config, env in configs.items():
+            log("through the server:", config)
+            data_dir = args.data_dir / config  # its own compile cache: each config starts cold
+            report["api"][config] = through_server(
+                args.models_dir, data_dir, args.images, args.runs, env
+            )
+            save()
+    default = report["server_configs"].get("default", {})
+    if "restart" in args.stages:
         log("restart")
         report["restart"] = restart(
-            args.models_dir, args.data_dir / "default", args.images, configs["default"]
+            args.models_dir, args.data_dir / "default", args.images, default
         )
         save()
-    if args.switch:
+    if "switch" in args.stages:
         log("model switch")
-        default = configs.get("default", {})
         report["switch"] = model_switch(
             args.models_dir, args.data_dir / "default", args.images, default
         )
+        save()
+    if "comfyui" in args.stages and args.comfyui:
+        import comfyui
+
+        site = args.comfyui_site if args.comfyui_site.is_dir() else None
+        log("ComfyUI")
+        try:
+            report["comfyui"] = comfyui.measure(
+                args.comfyui, args.models_dir, args.images, args.runs, site
+            )
+        except Exception as error:  # the server's figures stand without it
+            report["comfyui_error"] = repr(error)
+        save()
+    if {"plain", "api"} <= report.keys():
+        summarise(report)
+        save()
+        print_table(report)
+    log("wrote", path)
+
+
+def summarise(report: dict) -> None:
+    """The ratios and targets (issue 14) from the stages measured so far."""
+    import comfyui
 
     rate = report["bf16_matmul_tflops"]
     chosen = "default" if "default" in report["api"] else next(iter(report["api"]))
+    if "comfyui" in report:
+        comfyui.add_ratios(report, chosen)
     for name in CASES:
         plain, api = report["plain"][name], report["api"][chosen][name]
         key = "sdxl" if name == "sdxl" else "flux_schnell"
+        report[f"{key}_warm_median_s"] = api["median_s"]
+        report[f"{key}_plain_median_s"] = plain["median_s"]
         report[f"{key}_ratio_api_vs_plain"] = api["median_s"] / plain["median_s"]
         report[f"{key}_floor_s"] = plain["request_tflop"] / rate
         report[f"{key}_api_achieved_tflops"] = plain["request_tflop"] / api["median_s"]
         report[f"{key}_plain_achieved_tflops"] = plain["request_tflop"] / plain["median_s"]
-    save()
-    print_table(report)
-    log("wrote", path)
+        report[f"{key}_first_request_cold_cache_s"] = api["first_request_s"]
+        if "restart" in report:
+            first = report["restart"]["first_request_s"][name]
+            load = report["restart"]["server_timings_s"][name]["load_s"]
+            report[f"{key}_first_request_after_restart_s"] = first
+            report[f"{key}_weights_load_s"] = load
+            report[f"{key}_first_request_target_s"] = 1.5 * (api["median_s"] + load)
+        if "switch" in report:
+            report[f"{key}_switch_s"] = [
+                r["request_s"] for r in report["switch"]["requests"] if r["model"] == name
+            ]
+            report[f"{key}_peak_gpu_memory_mib_alone"] = max(
+                r["peak_gpu_memory_mib"] for r in report["switch"]["requests"] if r["model"] == name
+            )
 
 
 def print_table(report: dict) -> None:
@@ -388,6 +518,13 @@ def print_table(report: dict) -> None:
             print(
                 f"| {name} | {config} | {plain['median_s']:.3f} | {api['median_s']:.3f} | "
                 f"{api['median_s'] / plain['median_s']:.3f} | {api['first_request_s']:.1f} | "
+                f"{report[f'{key}_floor_s']:.3f} |"
+            )
+        if "comfyui" in report:
+            comfy = report["comfyui"][name]
+            print(
+                f"| {name} | ComfyUI | {plain['median_s']:.3f} | {comfy['median_s']:.3f} | "
+                f"{comfy['median_s'] / plain['median_s']:.3f} | {comfy['first_request_s']:.1f} | "
                 f"{report[f'{key}_floor_s']:.3f} |"
             )
 

@@ -25,9 +25,7 @@ import gc
 import json
 import platform
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import full_models  # noqa: E402
-from gpu import Server, log  # noqa: E402
+from gpu import PeakMemory, Server, log  # noqa: E402
 
 PROMPT = "waves roll in under a grey sky, a lighthouse on the cliff, cinematic"
 NEGATIVE = "worst quality, blurry, jittery"
@@ -225,30 +223,6 @@ BUILDERS = {"ltx-video": build_ltx, "wan-2.1": build_wan, "qwen-2.5-vl": build_q
 
 
 # --- measuring -------------------------------------------------------------------------------
-
-
-class PeakMemory:
-    """The card's peak used memory (MiB) while the block runs, sampled from nvidia-smi."""
-
-    def __enter__(self) -> PeakMemory:
-        self.peak = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.stop.wait(0.2):
-            used = subprocess.run(
-                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-            ).stdout.split()
-            self.peak = max(self.peak, int(used[0]) if used else 0)
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        self.thread.join()
 
 
 def plate(out: Path, width: int, height: int) -> Path:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import gc
 import sys
+from pathlib import Path
 from typing import Any
 
-from api.common.settings import SettingsError
+from api.common.settings import SettingsError, memory_bytes
+
+# Host RAM left free for everything else when models unloaded from a GPU are kept in RAM.
+RAM_RESERVE = 4 * 2**30
 
 
 def compute_devices(setting: str) -> list[str]:
@@ -25,6 +29,32 @@ def compute_devices(setting: str) -> list[str]:
             f"{available} CUDA device(s)"
         )
     return [f"cuda:{index}"]
+
+
+def check_precision(precision: str, devices: list[str]) -> None:
+    """DD_PRECISION=fp8 only where every device that runs models has FP8 matmuls (CUDA
+    compute capability 8.9 or newer); else the server or worker does not start."""
+    if precision != "fp8":
+        return
+    from api.common.fp8 import FP8_CAPABILITY, fp8_capable
+
+    lacking = [device for device in devices if not fp8_capable(device)]
+    if not lacking:
+        return
+    import torch
+
+    described = [
+        f"{device} ({torch.cuda.get_device_name(device)}, compute capability "
+        f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
+        if device.startswith("cuda")
+        else f"{device} (no FP8 matmuls)"
+        for device in lacking
+    ]
+    raise SettingsError(
+        "invalid settings:\n  DD_PRECISION: fp8 needs CUDA GPUs of compute capability "
+        f"{'.'.join(map(str, FP8_CAPABILITY))} or newer (Ada, Hopper and later), but models "
+        f"would run on {', '.join(described)}; use DD_PRECISION=auto (bf16)"
+    )
 
 
 def use_device(device: str) -> None:
@@ -58,3 +88,43 @@ def free_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def loaded_memory_limit(setting: str | None, device: str) -> int | None:
+    """DD_MAX_LOADED_MEMORY for ``device`` in bytes (a share of its memory: the GPU's, or
+    the machine's RAM for the CPU); None when unset."""
+    if setting is None:
+        return None
+    if device.startswith("cuda"):
+        import torch
+
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        total = _ram().get("MemTotal", 0)
+    return memory_bytes(setting, total)
+
+
+def unloaded_models_ram(setting: str, parked: int) -> int:
+    """How many bytes of models unloaded from GPUs host RAM may hold now (``parked`` of them
+    held already): DD_UNLOADED_MODELS_RAM, never more than what the machine has available
+    less RAM_RESERVE. 0 where the machine's RAM can't be read (Linux's /proc/meminfo)."""
+    ram = _ram()
+    if "MemAvailable" not in ram:
+        return 0
+    wanted = memory_bytes(setting, ram["MemTotal"])
+    return max(0, min(wanted, ram["MemAvailable"] + parked - RAM_RESERVE))
+
+
+def _ram() -> dict[str, int]:
+    """/proc/meminfo's sizes in bytes (empty where there is none)."""
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return {}
+    sizes = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        parts = value.split()
+        if parts and parts[0].isdigit():
+            sizes[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return sizes

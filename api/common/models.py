@@ -126,20 +126,46 @@ def building_models(device: str) -> Iterator[None]:
 class ModelCache:
     """Loaded models kept resident, least recently used evicted first.
 
-    Bounded by a count and, on CUDA, by free memory: before a load, older entries are
-    evicted while the device has less free memory than the new model needs. A load holds
-    no lock of the cache (``keys`` answers meanwhile), only the process-wide build lock.
-    One runner thread uses a device's cache, so the same key is never loaded twice at once.
+    Bounded by a count (DD_MAX_LOADED_MODELS), by the bytes of the resident models' weights
+    (DD_MAX_LOADED_MEMORY) and, on CUDA, by free memory: before a load, older entries are
+    evicted while the device has less free memory than the new model needs.
+
+    An evicted model that can ``park()`` (move its weights from a GPU to host RAM, keeping its
+    compiled code) is kept there while ``park_bytes(bytes parked already)`` allows
+    (DD_UNLOADED_MODELS_RAM; 0 for the CPU): the next request for it moves it back with
+    ``unpark(device)``, with no read from disk and no compilation.
+
+    A load holds no lock of the cache (``keys`` answers meanwhile), only the process-wide
+    build lock. One runner thread uses a device's cache, so the same key is never loaded
+    twice at once.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int | None = None,
+        park_bytes: Callable[[int], int] = lambda parked: 0,
+    ) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.park_bytes = park_bytes
         self._entries: OrderedDict[CacheKey, Any] = OrderedDict()
+        self._sizes: dict[CacheKey, int] = {}
+        self._parked: OrderedDict[CacheKey, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def keys(self) -> list[CacheKey]:
         with self._lock:
             return list(self._entries)
+
+    def parked(self) -> list[CacheKey]:
+        """Models moved to host RAM, least recently used first."""
+        with self._lock:
+            return list(self._parked)
+
+    def resident_bytes(self) -> int:
+        with self._lock:
+            return sum(self._sizes.get(key, 0) for key in self._entries)
 
     def get(
         self, key: CacheKey, load: Callable[[], T], needed_bytes: int = 0, device: str = "cpu"
@@ -148,11 +174,17 @@ class ModelCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key]
-        while len(self) >= self.max_entries:
-            self._evict_oldest()
-        while len(self) and _free_bytes(device) < needed_bytes:
-            self._evict_oldest()
-        log.info("loading %s on %s", key, device)
+            parked = self._parked.pop(key, None)
+        self._make_room(needed_bytes, device)
+        if parked is not None:
+            log.info("moving %s back onto %s", key, device)
+
+            def load() -> T:
+                parked.unpark(device)
+                return parked
+
+        else:
+            log.info("loading %s on %s", key, device)
         out_of_memory = False
         try:
             with building_models(device):
@@ -167,20 +199,59 @@ class ModelCache:
             # block, so the failed attempt's tensors are gone with its traceback).
             log.warning("out of memory loading %s: unloading %s", key, self.keys())
             while len(self):
-                self._evict_oldest()
+                self._evict_oldest(device)
             with building_models(device):
                 value = load()
         with self._lock:
             self._entries[key] = value
+            self._sizes[key] = needed_bytes
         return value
+
+    def _make_room(self, needed_bytes: int, device: str) -> None:
+        while len(self) >= self.max_entries:
+            self._evict_oldest(device)
+        if self.max_bytes is not None:
+            while len(self) and self.resident_bytes() + needed_bytes > self.max_bytes:
+                self._evict_oldest(device)
+        while needed_bytes and len(self) and _free_bytes(device) < needed_bytes:
+            self._evict_oldest(device)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
 
-    def _evict_oldest(self) -> None:
+    def _evict_oldest(self, device: str = "cpu") -> None:
         with self._lock:
             key, model = self._entries.popitem(last=False)
+            size = self._sizes.pop(key, 0)
+        parked = self._parked_bytes()
+        budget = self.park_bytes(parked) if callable(getattr(model, "park", None)) else 0
+        if 0 < size <= budget:
+            while self._parked and parked + size > budget:
+                self._drop_oldest_parked()
+                parked = self._parked_bytes()
+            model.park()
+            log.info("unloading %s from %s, kept in RAM", key, device)
+            with self._lock:
+                self._parked[key] = model
+                self._sizes[key] = size
+            from api.common.devices import free_memory
+
+            free_memory()
+            return
+        self._release(key, model)
+
+    def _parked_bytes(self) -> int:
+        with self._lock:
+            return sum(self._sizes.get(key, 0) for key in self._parked)
+
+    def _drop_oldest_parked(self) -> None:
+        with self._lock:
+            key, model = self._parked.popitem(last=False)
+            self._sizes.pop(key, 0)
+        self._release(key, model)
+
+    def _release(self, key: CacheKey, model: Any) -> None:
         release = getattr(model, "release", None)
         if callable(release):
             release()

@@ -18,18 +18,23 @@ from typing import Any
 
 log = logging.getLogger("api.speed")
 
+# How results name a denoiser's dtype (as DD_PRECISION does).
+PRECISION_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
 
 @dataclass(frozen=True)
 class Speed:
-    """How diffusion pipelines run on CUDA (DD_COMPILE, DD_CHANNELS_LAST).
+    """How diffusion pipelines run on CUDA (DD_COMPILE, DD_CHANNELS_LAST, DD_PRECISION=fp8).
 
     compile: ``auto`` = ``regional`` where Triton is installed, else ``off``; ``regional``
     compiles only the repeated transformer blocks (a first request of seconds, not minutes);
     ``full`` compiles the whole denoiser and the VAE decoder (fastest once warm).
+    fp8: the denoiser's linear layers compute in FP8 (api.common.fp8; changes the pixels).
     """
 
     compile: str = "off"
     channels_last: bool = False
+    fp8: bool = False
 
 
 def load_pipeline(pipeline_class: Any, location: str, device: str, **kwargs: Any) -> Any:
@@ -78,23 +83,57 @@ def compile_mode(speed: Speed) -> str:
     return "regional" if importlib.util.find_spec("triton") is not None else "off"
 
 
+def denoiser_of(pipe: Any) -> Any:
+    """The pipeline's denoiser: its UNet or its transformer."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if denoiser is None:
+        raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer")
+    return denoiser
+
+
+def use_fp8(pipe: Any) -> None:
+    """DD_PRECISION=fp8: the denoiser's linear layers to FP8 (before compiling it)."""
+    from api.common.fp8 import use_fp8_linears
+
+    count = use_fp8_linears(denoiser_of(pipe))
+    log.info("%s: %d linear layers in FP8", type(pipe).__name__, count)
+
+
+def precision_of(pipe: Any) -> str:
+    """What the pipeline's denoiser computes in, for the job's result and metadata: fp8
+    (its linear layers; the rest bf16), bf16, fp16 or fp32."""
+    from api.common.fp8 import uses_fp8
+
+    denoiser = denoiser_of(pipe)
+    if uses_fp8(denoiser):
+        return "fp8"
+    name = str(denoiser.dtype).removeprefix("torch.")
+    return PRECISION_NAMES.get(name, name)
+
+
 def speed_up(pipe: Any, speed: Speed) -> None:
     """Tune a pipeline that lives on the GPU, in place (its from_pipe siblings share it)."""
     import torch
 
     unet = getattr(pipe, "unet", None)
-    denoiser = unet or getattr(pipe, "transformer", None)
     if speed.channels_last:
         for module in (m for m in (unet, pipe.vae) if m is not None):
             module.to(memory_format=torch.channels_last)
+    if speed.fp8:
+        use_fp8(pipe)
     mode = compile_mode(speed)
     if mode in ("full", "regional"):
-        if denoiser is None:
-            raise ValueError(f"{type(pipe).__name__} has neither a unet nor a transformer")
+        denoiser = denoiser_of(pipe)
         if mode == "regional" and getattr(denoiser, "_repeated_blocks", None):
             denoiser.compile_repeated_blocks(fullgraph=True)
         else:
             denoiser.compile(fullgraph=True)
             if mode == "full":
                 pipe.vae.decoder.compile(fullgraph=True)
-    log.info("%s: compile=%s channels_last=%s", type(pipe).__name__, mode, speed.channels_last)
+    log.info(
+        "%s: compile=%s channels_last=%s fp8=%s",
+        type(pipe).__name__,
+        mode,
+        speed.channels_last,
+        speed.fp8,
+    )

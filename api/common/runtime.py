@@ -53,13 +53,15 @@ class ModelFamily(Protocol, Generic[ContextT, OutputT]):
 class ModelRuntime:
     """What model code gets besides the job's own inputs: the device and its precision, the
     device's resident models, the weights finder (which remembers whether tiny weights were
-    used), seeded generators, and the job's progress and cancel hooks."""
+    used), seeded generators, and the job's progress and cancel hooks. Model code notes in
+    ``precision`` what its diffusion model computed in (the job's result records it)."""
 
     services: Services
     device: str
     progress: ProgressReport = no_progress
     check_cancelled: Callable[[], None] = not_cancelled
     used: list[Weights] = field(default_factory=list)
+    precision: str | None = None
 
     @property
     def cache(self) -> ModelCache:
@@ -72,7 +74,8 @@ class ModelRuntime:
     @property
     def dtype(self) -> torch.dtype:
         """float32 on the CPU. On CUDA, ``DD_PRECISION``: ``auto`` is bf16 on GPUs that have
-        it (no fp16 overflow: e.g. SDXL's VAE needs no float32 upcast), else fp16."""
+        it (no fp16 overflow: e.g. SDXL's VAE needs no float32 upcast), else fp16; ``fp8``
+        computes in bf16 around the denoisers' FP8 linear layers (``Speed.fp8``)."""
         import torch
 
         precision = self.services.settings.precision
@@ -80,7 +83,7 @@ class ModelRuntime:
             return torch.float32
         if precision == "auto":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}[precision]
 
     def weights(self, name: str, repo: str, files: tuple[str, ...] | None = None) -> Weights:
         """A model's weights (the job fails if they can't be had), noted as used."""

@@ -83,6 +83,15 @@ Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 OutputPath = Annotated[str, Field(max_length=MAX_PATH_CHARS)]
 # A path on shared storage or from POST /api/files, or an inline data: URL.
+# A result's record of what its diffusion model computed in (DD_PRECISION, ModelRuntime).
+Precision = Annotated[
+    str | None,
+    Field(
+        description="What the diffusion model computed in: fp32 (CPU), bf16, fp16, or fp8 "
+        "(DD_PRECISION=fp8: its denoiser's linear layers in FP8, the rest bf16; a re-run on a "
+        "server with another precision makes other pixels); null for other models."
+    ),
+]
 InputPath = Annotated[str, Field(max_length=MAX_DATA_URL_CHARS), AfterValidator(_check_input_path)]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api.common.devices import loaded_memory_limit, unloaded_models_ram
 from api.common.errors import JobFailure
 from api.common.models import ModelCache, Weights, find_weights, missing_weights_message
 from api.common.paths import PathPolicy
@@ -71,8 +72,15 @@ class Services:
         """The resident models of one device (each runner has its own)."""
         with self._lock:
             if device not in self._caches:
-                self._caches[device] = ModelCache(self.settings.max_loaded_models)
+                self._caches[device] = ModelCache(
+                    self.settings.max_loaded_models,
+                    max_bytes=loaded_memory_limit(self.settings.max_loaded_memory, device),
+                    park_bytes=self._park_bytes if device.startswith("cuda") else lambda _: 0,
+                )
             return self._caches[device]
+
+    def _park_bytes(self, parked: int) -> int:
+        return unloaded_models_ram(self.settings.unloaded_models_ram, parked)
 
     def loaded_models(self) -> dict[str, list[str]]:
         """Model name → devices where it is loaded (cache keys start with the model name)."""

@@ -134,6 +134,19 @@ class ServerSettings(BaseSettings):
     max_loaded_models: int = Field(
         6, ge=1, description="models kept loaded per device (least recently used unloaded first)"
     )
+    max_loaded_memory: str | None = Field(
+        None,
+        description="weights kept loaded per device, at most: bytes (e.g. 40GB) or a share of "
+        "the device's memory (e.g. 60%); least recently used unloaded first (unset: as much "
+        "as the device has free)",
+    )
+    unloaded_models_ram: str = Field(
+        "0",
+        description="CUDA only: models unloaded from a GPU stay in host RAM up to this much "
+        "(bytes, e.g. 32GB, or a share of the machine's RAM, never more than it has "
+        "available), so that using them again needs no read from disk and no compilation; "
+        "0 turns this off",
+    )
     max_input_pixels: int = Field(
         8192 * 8192,
         ge=1,
@@ -154,8 +167,11 @@ class ServerSettings(BaseSettings):
     channels_last: bool = Field(
         True, description="CUDA only: channels-last memory layout for UNets and VAEs"
     )
-    precision: Literal["auto", "bf16", "fp16"] = Field(
-        "auto", description="CUDA only: auto (bf16 where the GPU has it, else fp16), bf16, fp16"
+    precision: Literal["auto", "bf16", "fp16", "fp8"] = Field(
+        "auto",
+        description="CUDA only: auto (bf16 where the GPU has it, else fp16), bf16, fp16, or "
+        "fp8 (opt-in, changes the pixels: bf16 with the diffusion denoisers' linear layers in "
+        "FP8; needs GPUs of compute capability 8.9+, e.g. Ada, Hopper)",
     )
     compile_cache_dir: Path | None = Field(
         None,
@@ -254,6 +270,13 @@ class ServerSettings(BaseSettings):
             raise ValueError("callback hosts are host names (no scheme, port or path)")
         return [host.strip().lower() for host in value]
 
+    @field_validator("max_loaded_memory", "unloaded_models_ram")
+    @classmethod
+    def _memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            memory_bytes(value, 1)  # raises ValueError naming the accepted forms
+        return value
+
     @field_validator("path_map")
     @classmethod
     def _path_map(cls, value: dict[str, str]) -> dict[str, str]:
@@ -281,7 +304,7 @@ class ServerSettings(BaseSettings):
 
     @property
     def speed(self) -> Speed:
-        return Speed(self.compile, self.channels_last)
+        return Speed(self.compile, self.channels_last, fp8=self.precision == "fp8")
 
     @property
     def downloads(self) -> bool:
@@ -318,6 +341,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|[KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def memory_bytes(value: str, total: int) -> int:
+    """A memory setting ("40GB", "512MiB", "60%" of ``total``, plain bytes) in bytes. GB and
+    GiB both mean 2**30 bytes, as GPU and RAM sizes are quoted."""
+    match = _MEMORY.match(value)
+    if match is None:
+        raise ValueError(f"must be bytes (e.g. 40GB, 512MB) or a share (e.g. 60%); got {value!r}")
+    number, unit = float(match[1]), (match[2] or "").lower()
+    if unit == "%":
+        return int(total * min(number, 100.0) / 100)
+    return int(number * _UNITS[unit[:1]])
 
 
 class SettingsError(Exception):

@@ -127,7 +127,7 @@ class ImageContext(Generic[RequestT]):
         exr = self.output_path is not None and self.output_path.suffix.lower() == ".exr"
         return exr or self.request.bit_depth == 16
 
-    def metadata(self, tiny: bool) -> dict[str, Any]:
+    def metadata(self, tiny: bool, precision: str | None) -> dict[str, Any]:
         """Every parameter of the run, written into the output file (None: doesn't apply)."""
         fields = self.request.model_dump(mode="json")  # only the fields of the model's request
         mode, family = self.mode, self.model.family
@@ -173,7 +173,9 @@ class ImageContext(Generic[RequestT]):
                 for adapter in fields.get("ip_adapters", [])
             ]
             or None,
+            "loras": fields.get("loras") or None,
             "tiny_weights": tiny,
+            "precision": precision,
         }
 
 

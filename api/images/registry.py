@@ -291,7 +291,16 @@ IP_ADAPTERS: dict[tuple[str, IpAdapterKind], tuple[str, str]] = {
 MAX_CONTROLNETS = 4
 MAX_IP_ADAPTERS = 4
 
-# Models of a ControlNet/IP-Adapter family whose UNet those don't fit: the SDXL refiner's
+# LoRAs (images/loras.py, models/diffusion.py): *.safetensors files in DD_LORAS_DIR (default
+# <models dir>/loras, where tiny-models writes its tiny ones), or Hugging Face repos. At most
+# MAX_LORAS a request, each scaled by at most MAX_LORA_SCALE either way; a loaded model keeps
+# up to RESIDENT_LORAS of them loaded as adapters (least recently used deleted first).
+LORAS_FOLDER = "loras"
+MAX_LORAS = 8
+MAX_LORA_SCALE = 4.0
+RESIDENT_LORAS = 16
+
+# Models of a ControlNet/IP-Adapter/LoRA family whose UNet those don't fit: the SDXL refiner's
 # cross-attention sees text_encoder_2 alone (1280 wide, not 2048) and it has no text→image.
 WITHOUT_ADAPTERS = frozenset({"sdxl-refiner"})
 
@@ -301,5 +310,5 @@ def weights_folders() -> tuple[str, ...]:
     names = [model.name for model in IMAGE_MODELS.values() if not model.external]
     names += [name for model in IMAGE_MODELS.values() for name, _ in model.extra_weights]
     names += [name for name, _ in CONTROLNETS.values()]
-    names.append(IP_ADAPTER_WEIGHTS[0])
+    names += [IP_ADAPTER_WEIGHTS[0], LORAS_FOLDER]
     return tuple(dict.fromkeys(names))

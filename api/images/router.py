@@ -1,4 +1,5 @@
-"""HTTP for images: validate → submit a job → answer with it; re-run an output."""
+"""HTTP for images: validate → submit a job → answer with it; re-run an output; list the
+LoRAs."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from api.common.rerun import Overrides, check_again, submit_again
 from api.common.schemas import InputPath
 from api.common.services import Services
 from api.images.registry import IMAGE_MODELS
-from api.images.schemas import REQUEST_TYPES, AnyImageRequest, ImageJob
+from api.images.schemas import REQUEST_TYPES, AnyImageRequest, ImageJob, LoraInfo
+from api.images.service import list_loras
 from api.images.validation import parse_request, validate_request
 
 router = APIRouter(tags=["images"])
@@ -68,6 +70,13 @@ async def create_image(
     services = request.app.state.services
     checked = await run_in_threadpool(validate_request, body, services)
     return await submit(request, response, submission(checked), wait)
+
+
+@router.get("/loras", operation_id="loras_list", response_model=list[LoraInfo])
+async def get_loras(request: Request) -> list[LoraInfo]:
+    """The LoRAs in DD_LORAS_DIR that a request's `loras` may name: the model family each
+    is for (read from its keys) and the models that take it."""
+    return await run_in_threadpool(list_loras, request.app.state.services)
 
 
 class ImageRerun(Overrides):

@@ -9,12 +9,22 @@ from pydantic import BaseModel, BeforeValidator, Discriminator, Field, Tag, Type
 
 from api.common.domain import ModelInfo
 from api.common.jobs.schemas import job_model
-from api.common.schemas import InputPath, JobRequest, Name, OutputPath, Prompt, RequestModel
+from api.common.schemas import (
+    InputPath,
+    JobRequest,
+    Name,
+    OutputPath,
+    Precision,
+    Prompt,
+    RequestModel,
+)
 from api.images.registry import (
     IMAGE_MODELS,
     MAX_CONTROLNETS,
     MAX_IMAGES,
     MAX_IP_ADAPTERS,
+    MAX_LORA_SCALE,
+    MAX_LORAS,
     MAX_SEED,
     MAX_SIDE,
     MAX_STEPS,
@@ -87,6 +97,26 @@ class IpAdapter(RequestModel):
     )
 
 
+class Lora(RequestModel):
+    """A LoRA applied to the model for this request (sd1.5, sdxl and its fine-tunes, sd3,
+    flux): a small add-on that shifts its style or teaches it a subject."""
+
+    name: Name = Field(
+        description="A LoRA in DD_LORAS_DIR, by its file name without .safetensors (GET "
+        "/api/loras lists them with the family each fits), or, where the server may "
+        "download, a Hugging Face repo id: owner/repo (its pytorch_lora_weights.safetensors "
+        "or only .safetensors file) or owner/repo/<file>.safetensors.",
+        examples=["film-grain"],
+    )
+    scale: float = Field(
+        1.0,
+        ge=-MAX_LORA_SCALE,
+        le=MAX_LORA_SCALE,
+        description="How strongly it acts: 0 = not at all, 1 = as trained, negative = "
+        "away from it.",
+    )
+
+
 class ImageRequestBase(JobRequest):
     """What every image request has: the model, its input image and where the output goes."""
 
@@ -150,6 +180,14 @@ class ImageRequest(ImageRequestBase):
         [],
         max_length=MAX_IP_ADAPTERS,
         description="IP-Adapters, applied together (sd1.5 and sdxl).",
+    )
+    loras: list[Lora] = Field(
+        [],
+        title="LoRAs",
+        max_length=MAX_LORAS,
+        description="LoRAs, applied together, each with its scale (sd1.5, sdxl and its "
+        "fine-tunes but not the refiner, sd3, sd3.5, flux); each must be made for the model's "
+        "family. The model stays loaded: LoRAs are switched per request.",
     )
     num_images: int = Field(
         1,
@@ -248,6 +286,7 @@ class ImageResult(BaseModel):
     )
     mode: Mode
     tiny_weights: bool = Field(description="Made with tiny random weights (tests): noise.")
+    precision: Precision = None
     timings: dict[str, float] = Field(description="Seconds: load_s, inference_s, write_s...")
 
 
@@ -281,6 +320,19 @@ class ImageModelInfo(ModelInfo):
     ip_adapters: dict[str, IpAdapterInfo] | None = Field(
         None, description="Diffusion models: the IP-Adapters it takes, by kind."
     )
+
+
+class LoraInfo(BaseModel):
+    """A LoRA in DD_LORAS_DIR (GET /api/loras)."""
+
+    name: str = Field(description="What a request's loras[].name calls it.")
+    family: str | None = Field(
+        description="The model family it is for (sd1.5, sdxl, sd3, flux; sd2 or "
+        "sdxl-refiner: none here), read from its keys and metadata; null: not recognised."
+    )
+    models: list[str] = Field(description="The models that take it.")
+    path: str = Field(description="Its file on the server.")
+    size_bytes: int
 
 
 def _request_kind(value: Any) -> str:

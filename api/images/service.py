@@ -21,6 +21,7 @@ from api.common.models import Weights
 from api.common.runtime import ModelFamily, ModelRuntime
 from api.common.services import Services
 from api.images.context import ImageContext, Picture, build_context, output_suffixes
+from api.images.loras import describe_loras
 from api.images.registry import (
     CONTROLNET_MODES,
     CONTROLNETS,
@@ -39,11 +40,12 @@ from api.images.schemas import (
     ImageOutput,
     ImageRequest,
     ImageResult,
+    LoraInfo,
     stored_request,
 )
 from api.images.settings import image_settings
 from api.images.sizing import default_size, smallest_side
-from api.images.validation import unavailable_reason
+from api.images.validation import lora_models, unavailable_reason
 
 log = logging.getLogger("api.images")
 
@@ -161,6 +163,20 @@ def _describe_extra_weights(services: Services, name: str, repo: str) -> dict[st
     }
 
 
+def list_loras(services: Services) -> list[LoraInfo]:
+    """The LoRAs in DD_LORAS_DIR (GET /api/loras): the family and models each fits."""
+    return [
+        LoraInfo(
+            name=lora.name,
+            family=lora.family,
+            models=lora_models(lora.family),
+            path=services.paths.to_client(lora.path),
+            size_bytes=lora.size_bytes,
+        )
+        for lora in describe_loras(services)
+    ]
+
+
 def warm_up(services: Services) -> Callable[[str], None] | None:
     """What a runner does before its first job when DD_WARMUP names models: load them on
     its device and run each once (two steps at its native size), so that DD_COMPILE's
@@ -210,13 +226,14 @@ def run_image_job(services: Services, job: Job, context: JobContext) -> ImageRes
     context.check_cancelled()  # cancelled during the last step: write nothing
 
     started = time.perf_counter()
-    outputs = write_pictures(services, job, image_context, pictures, runtime.tiny)
+    outputs = write_pictures(services, job, image_context, pictures, runtime)
     timings["write_s"] = time.perf_counter() - started
     return ImageResult(
         images=outputs,
         seed=image_context.seed,
         mode=image_context.mode,
         tiny_weights=runtime.tiny,
+        precision=runtime.precision,
         timings={name: round(value, 4) for name, value in timings.items()},
     )
 
@@ -234,7 +251,7 @@ def write_pictures(
     job: Job,
     ctx: ImageContext[AnyImageRequest],
     pictures: list[Picture],
-    tiny: bool,
+    runtime: ModelRuntime,
 ) -> list[ImageOutput]:
     """Write each picture (atomically, with its take when the client named the path). A
     batch's n-th image is ``<name>_000n<ext>``; each file carries the request that makes it
@@ -246,7 +263,7 @@ def write_pictures(
         suffix = output_suffixes(ctx.mode, ctx.request)[0]
         base = services.data_dir / "outputs" / job.id / f"{ctx.model.name}_{ctx.seed}{suffix}"
         roots = [services.data_dir]
-    metadata = ctx.metadata(tiny) | {
+    metadata = ctx.metadata(runtime.tiny, runtime.precision) | {
         "job_id": job.id,
         "software": f"deferred-diffusion {__version__}",
     }

@@ -23,9 +23,11 @@ from api.images.context import (
     mode_of,
     output_suffixes,
 )
+from api.images.loras import cached_repo_file, local_loras, lora_family, repo_of
 from api.images.registry import (
     CONTROLNET_MODES,
     CONTROLNETS,
+    DIFFUSION_FAMILIES,
     IMAGE_MODELS,
     IP_ADAPTER_IMAGE_ENCODER,
     IP_ADAPTER_WEIGHTS,
@@ -45,9 +47,11 @@ from api.images.schemas import (
     DepthRequest,
     ImageRequest,
     IpAdapter,
+    Lora,
     SegmentationRequest,
     UpscaleRequest,
 )
+from api.images.settings import loras_dir
 from api.images.sizing import check_output_size, check_sides, default_size
 
 # Every field of any image request: one that the chosen model's request lacks "does not
@@ -167,6 +171,7 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
         check_generated_outputs(model, mode, request, defaults["seed"])
         checked |= check_generative_inputs(model, mode, request, inputs)
         check_adapter_weights(model, request, services)
+        check_loras(model, request.loras, services)
         weights = None
         if not model.external:
             weights = services.find_weights(model.name, model.repo)
@@ -404,3 +409,81 @@ def check_reference_images(
         image_path = inputs.check(adapter.image_path, f"{field}.image_path")
         checked.append(adapter.model_copy(update={"image_path": image_path}))
     return checked
+
+
+# How many of the LoRAs here an unknown name's message lists (GET /api/loras has them all).
+SHOWN_LORAS = 20
+
+
+def lora_models(family: str | None) -> list[str]:
+    """The models that take a LoRA of ``family``."""
+    return [
+        model.name
+        for model in IMAGE_MODELS.values()
+        if model.family == family
+        and model.family in DIFFUSION_FAMILIES
+        and model.name not in WITHOUT_ADAPTERS
+    ]
+
+
+def check_loras(model: ImageModel, loras: list[Lora], services: Services) -> None:
+    """Each LoRA must be one this server has (a file in DD_LORAS_DIR) or can get (a Hugging
+    Face repo: from its cache, or a download), named once, and made for the model's family
+    (read from its keys; a repo not yet downloaded is checked when its job runs)."""
+    if not loras:
+        return
+    if model.name not in lora_models(model.family):
+        families = ", ".join(DIFFUSION_FAMILIES)
+        raise InvalidField(
+            f"loras: model {model.name} takes no LoRAs; they work with the {families} models "
+            "(not the SDXL refiner)",
+            "loras",
+        )
+    folder = loras_dir(services.settings)
+    files = local_loras(folder)
+    for index, lora in enumerate(loras):
+        field = f"loras.{index}.name"
+        if any(other.name == lora.name for other in loras[:index]):
+            raise InvalidField(
+                f"{field}: LoRA {lora.name!r} is listed twice; list it once, with the scale "
+                "you want",
+                field,
+            )
+        path = files.get(lora.name)
+        if path is None and repo_of(lora.name) is not None:
+            path = cached_repo_file(lora.name)
+            if path is None and not services.settings.downloads:
+                raise InvalidField(
+                    f"{field}: {lora.name!r} is a Hugging Face repo, not in this machine's "
+                    f"Hugging Face cache, and downloads are off; put its .safetensors file "
+                    f"into {folder} and name it by its file name without .safetensors",
+                    field,
+                )
+            if path is None:
+                continue  # downloaded when its job runs, its family checked then
+        if path is None:
+            shown = ", ".join(list(files)[:SHOWN_LORAS]) + (", ..." * (len(files) > SHOWN_LORAS))
+            known = f"the LoRAs here: {shown}" if files else f"{folder} has none"
+            raise InvalidField(
+                f"{field}: no LoRA {lora.name!r} in {folder}"
+                f"{did_you_mean(lora.name, files, quote=True)}; {known} (GET /api/loras)",
+                field,
+            )
+        check_lora_family(model, f"loras.{index}", lora.name, lora_family(path))
+
+
+def check_lora_family(model: ImageModel, where: str, name: str, family: str | None) -> None:
+    """A LoRA must be made for the model's family (``where``: loras.N, in the message)."""
+    if family == model.family:
+        return
+    if family is None:
+        raise InvalidField(
+            f"{where}: can't tell which model family LoRA {name!r} is for (its keys match "
+            "no known LoRA format: diffusers/PEFT, kohya/A1111, BFL/XLabs Flux)",
+            "loras",
+        )
+    takes = ", ".join(lora_models(family)) or "no model on this server"
+    raise InvalidField(
+        f"{where}: LoRA {name!r} is for {family} ({takes}), not for {model.name} ({model.family})",
+        "loras",
+    )

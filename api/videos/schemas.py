@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from api.common.domain import ModelInfo
 from api.common.jobs.schemas import job_model
-from api.common.schemas import InputPath, JobRequest, Name, OutputPath, Prompt
+from api.common.schemas import InputPath, JobRequest, Name, OutputPath, Precision, Prompt
 from api.videos.registry import VideoMode
 
 MAX_SIDE = 4096
@@ -103,6 +103,7 @@ class VideoResult(BaseModel):
     seed: int
     mode: VideoMode
     tiny_weights: bool
+    precision: Precision = None
     timings: dict[str, float]
     provider_task: ProviderTask | None = None
 

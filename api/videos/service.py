@@ -89,7 +89,7 @@ def run_video_job(services: Services, job: Job, context: JobContext) -> VideoRes
     clip, timings = family(video_context.model.family).run(video_context, runtime)
     context.check_cancelled()  # cancelled during the last step: write nothing
     started = time.perf_counter()
-    output, frame_paths = write_clip(services, job, video_context, clip, runtime.tiny)
+    output, frame_paths = write_clip(services, job, video_context, clip, runtime)
     timings["write_s"] = time.perf_counter() - started
     return VideoResult(
         video=output,
@@ -97,12 +97,13 @@ def run_video_job(services: Services, job: Job, context: JobContext) -> VideoRes
         seed=video_context.seed,
         mode=video_context.mode,
         tiny_weights=runtime.tiny,
+        precision=runtime.precision,
         timings={name: round(value, 4) for name, value in timings.items()},
         provider_task=clip.provider_task,
     )
 
 
-def metadata(ctx: VideoContext, job: Job, tiny: bool) -> dict[str, Any]:
+def metadata(ctx: VideoContext, job: Job, runtime: ModelRuntime) -> dict[str, Any]:
     """Every generation parameter, written into the mp4's tags and each frame's PNG."""
     request = ctx.request
     return {
@@ -120,18 +121,19 @@ def metadata(ctx: VideoContext, job: Job, tiny: bool) -> dict[str, Any]:
         "width": ctx.width,
         "height": ctx.height,
         "input_image_path": request.input_image_path,
-        "tiny_weights": tiny,
+        "tiny_weights": runtime.tiny,
+        "precision": runtime.precision,
         "job_id": job.id,
         "software": f"deferred-diffusion {__version__}",
     }
 
 
 def write_clip(
-    services: Services, job: Job, ctx: VideoContext, clip: Clip, tiny: bool
+    services: Services, job: Job, ctx: VideoContext, clip: Clip, runtime: ModelRuntime
 ) -> tuple[VideoOutput, list[str] | None]:
     """Write the mp4 (atomically, with its take when the client named the path) and, with
     output_frames_path, a PNG per frame numbered from start_frame."""
-    record = {key: value for key, value in metadata(ctx, job, tiny).items() if value is not None}
+    record = {key: value for key, value in metadata(ctx, job, runtime).items() if value is not None}
     if clip.frames is not None:
         data = encode_mp4(clip.frames, ctx.fps, record)
     else:

@@ -1,11 +1,14 @@
 """The diffusion families (SD 1.5, SDXL, SD3, FLUX): load once, then text→image,
-image→image or inpainting from the same components, with ControlNets and IP-Adapters."""
+image→image or inpainting from the same components, with ControlNets, IP-Adapters and
+LoRAs."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,21 +31,24 @@ from transformers import CLIPVisionModelWithProjection
 
 from api.common.errors import JobFailure
 from api.common.models import CacheKey, Weights, building_models
-from api.common.pipelines import Speed, load_pipeline, speed_up
+from api.common.pipelines import Speed, load_pipeline, precision_of, speed_up
 from api.common.runtime import ModelRuntime
 from api.images.context import ImageContext, Picture
+from api.images.loras import RequestLora, request_loras
 from api.images.models.depth import estimate_depth
 from api.images.registry import (
     CONTROLNETS,
     IP_ADAPTER_IMAGE_ENCODER,
     IP_ADAPTER_WEIGHTS,
     IP_ADAPTERS,
+    RESIDENT_LORAS,
     ControlNetKind,
     ImageModel,
     Mode,
     ScaleLayers,
 )
 from api.images.schemas import ImageRequest, IpAdapter
+from api.images.settings import image_settings
 
 AUTO_PIPELINES = {
     Mode.text_to_image: AutoPipelineForText2Image,
@@ -66,13 +72,137 @@ CANNY_THRESHOLDS = (100, 200)
 Progress = Callable[[int, int], None]
 
 
+class PromptCache:
+    """A model's text-encoder outputs for its most recent prompts: ``encode_prompt`` of each
+    of its pipelines answers a repeated call (same prompts, device, batch and guidance) from
+    here, with copies of the tensors it returned the first time, so the pixels are the same.
+    Calls with tensors among their arguments (precomputed embeddings) are not cached."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.hits = 0
+        self.loras = ""  # the LoRAs acting, at their scales: they may adapt the text encoders
+        self._entries: OrderedDict[str, Any] = OrderedDict()
+
+    def attach(self, pipe: DiffusionPipeline) -> DiffusionPipeline:
+        encode = getattr(pipe, "encode_prompt", None)
+        if self.size and callable(encode):
+            pipe.encode_prompt = functools.partial(self._encode, encode)
+        return pipe
+
+    def _encode(self, encode: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        key = _prompt_key(args, kwargs)
+        if key is None:
+            return encode(*args, **kwargs)
+        key += self.loras
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        else:
+            self._entries[key] = encode(*args, **kwargs)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return _copies(self._entries[key])
+
+
+def _prompt_key(args: tuple, kwargs: dict[str, Any]) -> str | None:
+    """A call's arguments as a key, or None when one isn't plain data (a tensor)."""
+    plain = (str, int, float, bool, type(None), torch.device, torch.dtype)
+
+    def ok(value: Any) -> bool:
+        if isinstance(value, list | tuple):
+            return all(ok(item) for item in value)
+        return isinstance(value, plain)
+
+    if not all(ok(value) for value in (*args, *kwargs.values())):
+        return None
+    return repr((args, sorted(kwargs.items())))
+
+
+def _copies(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list | tuple):
+        return type(value)(_copies(item) for item in value)
+    return value
+
+
+# A LoRA file as loaded: its path, modification time and size (a changed file loads anew).
+LoraStamp = tuple[str, int, int]
+
+
 @dataclass
 class LoadedModel:
-    """One model's pipeline, and the other modes' pipelines sharing its components."""
+    """One model's pipeline, the other modes' pipelines sharing its components (and its
+    prompt cache), and the LoRAs loaded into those components as named adapters (least
+    recently used first)."""
 
     base: DiffusionPipeline
     base_mode: Mode
+    device: str
+    prompts: PromptCache
     pipelines: dict[Mode, DiffusionPipeline] = field(default_factory=dict)
+    adapters: OrderedDict[LoraStamp, str] = field(default_factory=OrderedDict)
+    adapters_made: int = 0  # adapter names are lora_<n>: never one used before
+
+    def use_loras(self, loras: list[RequestLora]) -> None:
+        """Make exactly ``loras`` act, at their scales, in every pipeline of the model (they
+        share the denoiser and text encoders): each is loaded once (``load_lora_weights``
+        as a named adapter), then switched on with ``set_adapters``; with none, the adapters
+        are switched off and the model computes exactly what it did before any was loaded.
+        Never fused: the weights stay as loaded."""
+        active = [lora for lora in loras if lora.scale != 0]
+        self.prompts.loras = ""
+        if not active:
+            if self.adapters:
+                self.base.disable_lora()
+            return
+        names = [self._adapter(lora) for lora in active]
+        for stamp in [s for s, name in self.adapters.items() if name not in names]:
+            if len(self.adapters) <= RESIDENT_LORAS:
+                break
+            self._delete(stamp)
+        scales = [lora.scale for lora in active]
+        self.base.enable_lora()
+        self.base.set_adapters(names, scales)
+        self.prompts.loras = repr(list(zip(names, scales, strict=True)))
+
+    def _adapter(self, lora: RequestLora) -> str:
+        """The adapter name of a LoRA file, loading it the first time."""
+        stat = lora.path.stat()
+        stamp = (str(lora.path), stat.st_mtime_ns, stat.st_size)
+        if stamp in self.adapters:
+            self.adapters.move_to_end(stamp)
+            return self.adapters[stamp]
+        for changed in [s for s in self.adapters if s[0] == stamp[0]]:
+            self._delete(changed)  # the file was replaced since it was loaded
+        name = f"lora_{self.adapters_made}"
+        self.adapters_made += 1
+        try:
+            with building_models(self.device):
+                self.base.load_lora_weights(
+                    str(lora.path.parent), weight_name=lora.path.name, adapter_name=name
+                )
+        except Exception as exc:
+            with building_models(self.device), contextlib.suppress(Exception):
+                self.base.delete_adapters(name)  # whatever part of it was loaded
+            raise JobFailure(
+                f"LoRA {lora.name!r} could not be loaded: {exc}",
+                type="invalid_input",
+            ) from exc
+        self.adapters[stamp] = name
+        return name
+
+    def _delete(self, stamp: LoraStamp) -> None:
+        with building_models(self.device):
+            self.base.delete_adapters(self.adapters.pop(stamp))
+
+    def release(self) -> None:
+        """Unload the LoRAs (the model cache calls this when it unloads the model)."""
+        if self.adapters:
+            with building_models(self.device):
+                self.base.unload_lora_weights()
+            self.adapters.clear()
 
     def pipeline(self, mode: Mode, **components: Any) -> DiffusionPipeline:
         """The mode's pipeline. With extra components (``controlnet``, ``image_encoder``) a
@@ -90,7 +220,22 @@ class LoadedModel:
 
     def _derive(self, mode: Mode, components: dict[str, Any]) -> DiffusionPipeline:
         scheduler = type(self.base.scheduler).from_config(self.base.scheduler.config)
-        return AUTO_PIPELINES[mode].from_pipe(self.base, scheduler=scheduler, **components)
+        pipe = AUTO_PIPELINES[mode].from_pipe(self.base, scheduler=scheduler, **components)
+        return self.prompts.attach(pipe)
+
+    def park(self) -> None:
+        """Move the weights to host RAM (the ModelCache unloading it from a GPU): the
+        modules, and their compiled code, stay as they are."""
+        for module in self._modules():
+            module.to("cpu")
+
+    def unpark(self, device: str) -> None:
+        """Back onto ``device`` after ``park``: the compiled code's guards hold again."""
+        for module in self._modules():
+            module.to(device)
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [c for c in self.base.components.values() if isinstance(c, torch.nn.Module)]
 
 
 def load_model(
@@ -100,8 +245,10 @@ def load_model(
     low_vram: bool,
     speed: Speed,
     dtype: torch.dtype,
+    prompt_cache: int = 0,
 ) -> LoadedModel:
-    """``from_pretrained`` exactly as for downloaded weights, straight onto the device."""
+    """``from_pretrained`` exactly as for downloaded weights, straight onto the device, with
+    a prompt cache of ``prompt_cache`` entries (DD_PROMPT_CACHE)."""
     base_mode = Mode.text_to_image if Mode.text_to_image in model.modes else Mode.image_to_image
     kwargs: dict[str, Any] = {"dtype": dtype}
     if model.family == "sd1.5":
@@ -118,7 +265,8 @@ def load_model(
     elif on_gpu:
         speed_up(pipe, speed)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(pipe, base_mode, {base_mode: pipe})
+    prompts = PromptCache(prompt_cache)
+    return LoadedModel(pipe, base_mode, device, prompts, {base_mode: prompts.attach(pipe)})
 
 
 def has_variant(model: ImageModel, weights: Weights) -> bool:
@@ -332,9 +480,12 @@ def run(
     weights = runtime.weights(ctx.model.name, ctx.model.repo)
     low_vram = ctx.request.optimize_low_vram and runtime.on_gpu
     speed = runtime.services.settings.speed
+    prompt_cache = image_settings(runtime.services.settings).prompt_cache
     loaded = runtime.resident(
         CacheKey(ctx.model.name, offloaded=low_vram),
-        lambda: load_model(ctx.model, weights, device, low_vram, speed, runtime.dtype),
+        lambda: load_model(
+            ctx.model, weights, device, low_vram, speed, runtime.dtype, prompt_cache
+        ),
         weights,
     )
     components: dict[str, Any] = {}
@@ -344,9 +495,11 @@ def run(
     adapters = ip_adapter_weights(ctx, runtime) if ctx.request.ip_adapters else None
     if adapters is not None:
         components["image_encoder"] = image_encoder(ctx, runtime, adapters, low_vram)
+    loaded.use_loras(request_loras(runtime.services, ctx.model, ctx.request.loras))
     pipe = loaded.pipeline(ctx.mode, **components)
     if components and low_vram:
         pipe.enable_model_cpu_offload(device=device)
+    runtime.precision = precision_of(pipe)
     loaded_at = time.perf_counter()
     count = ctx.request.num_images
     assert ctx.seed is not None  # validate_request filled it in (random when not given)

@@ -357,14 +357,15 @@ _PIPELINE_BUILDERS: dict[str, Callable[[str], DiffusionPipeline]] = {
 
 def tiny_models() -> dict[str, TinyModel]:
     """Every tiny model: the diffusion pipelines here, plus the builders that other modules
-    add (ControlNets and IP-Adapters in tiny_adapters, task models in tiny_tasks)."""
-    from api.images.models import tiny_adapters, tiny_tasks
+    add (ControlNets and IP-Adapters in tiny_adapters, task models in tiny_tasks, the LoRAs'
+    folder in tiny_loras)."""
+    from api.images.models import tiny_adapters, tiny_loras, tiny_tasks
 
     models = {
         name: TinyModel(TINY_IMAGE_MODELS[name], saved_pipeline(make))
         for name, make in _PIPELINE_BUILDERS.items()
     }
-    return models | tiny_adapters.TINY_MODELS | tiny_tasks.TINY_MODELS
+    return models | tiny_adapters.TINY_MODELS | tiny_tasks.TINY_MODELS | tiny_loras.TINY_MODELS
 
 
 # ---------------------------------------------------------------------------------------------

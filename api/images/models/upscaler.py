@@ -18,7 +18,7 @@ from diffusers import AutoencoderKL, StableDiffusionUpscalePipeline
 from PIL import Image
 
 from api.common.models import CacheKey, Weights
-from api.common.pipelines import load_pipeline
+from api.common.pipelines import load_pipeline, precision_of
 from api.common.runtime import ModelRuntime
 from api.images.context import ImageContext, Picture
 from api.images.registry import UPSCALE_FACTOR, UPSCALE_NOISE_LEVEL, UPSCALE_TILE_OVERLAP
@@ -133,6 +133,7 @@ def run(
         lambda: load_upscaler(weights, device, low_vram),
         weights,
     )
+    runtime.precision = precision_of(pipe)
     loaded_at = time.perf_counter()
     request = ctx.request
     arguments = {

@@ -42,10 +42,14 @@ def test_parameters_become_the_request_fields(hou: FakeHou):
         "strength": 0.5,
         "inpainting_full_image": True,
         "optimize_low_vram": False,
+        "loras": [],
         "num_images": 1,
         "bit_depth": 8,
         "priority": 0,
     }
+    node.parm("loras").set('[{"name": "tiny-sd15", "scale": 0.5}]')  # a JSON parameter
+    assert houdini.image_request(node)["loras"] == [{"name": "tiny-sd15", "scale": 0.5}]
+    node.parm("loras").set("[]")
     node.parm("seed").set(7)
     node.parm("max_width").set(64)
     node.parm("guidance_scale").set(0.0)  # 0 is a guidance (flux), not "unset"

@@ -126,3 +126,90 @@ def test_two_devices_loading_at_once_build_whole_models(tiny_models):
         for component in loaded_model.base.components.values():
             for tensor in getattr(component, "state_dict", dict)().values():
                 assert not tensor.is_meta, name
+
+
+def test_loaded_memory_bounds_the_cache_by_bytes():
+    """DD_MAX_LOADED_MEMORY: the least recently used go until the new model's bytes fit."""
+    cache = ModelCache(max_entries=10, max_bytes=100)
+    cache.get(CacheKey("a"), lambda: "A", needed_bytes=40)
+    cache.get(CacheKey("b"), lambda: "B", needed_bytes=40)
+    cache.get(CacheKey("a"), lambda: pytest.fail("a is resident"))
+    cache.get(CacheKey("c"), lambda: "C", needed_bytes=50)  # 130 > 100: b (oldest) goes
+    assert cache.keys() == [CacheKey("a"), CacheKey("c")]
+    assert cache.resident_bytes() == 90
+    cache.get(CacheKey("d"), lambda: "D", needed_bytes=100)  # only d fits
+    assert cache.keys() == [CacheKey("d")]
+
+
+class Parkable:
+    """A model that can move its weights to host RAM and back (as images' LoadedModel)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.where, self.released = name, "gpu", False
+
+    def park(self) -> None:
+        self.where = "ram"
+
+    def unpark(self, device: str) -> None:
+        self.where = device
+
+    def release(self) -> None:
+        self.released = True
+
+
+def test_unloaded_models_are_kept_in_ram_and_come_back_without_a_load():
+    """DD_UNLOADED_MODELS_RAM: an evicted model is parked, and the next request for it moves
+    it back instead of loading it again; the RAM budget drops the oldest parked first."""
+    budget = {"bytes": 100}
+    cache = ModelCache(max_entries=1, park_bytes=lambda parked: budget["bytes"])
+    a, b, c = Parkable("a"), Parkable("b"), Parkable("c")
+    cache.get(CacheKey("a"), lambda: a, needed_bytes=60)
+    cache.get(CacheKey("b"), lambda: b, needed_bytes=30)
+    assert (cache.keys(), cache.parked(), a.where) == ([CacheKey("b")], [CacheKey("a")], "ram")
+    back: Parkable = cache.get(CacheKey("a"), lambda: pytest.fail("a is in RAM"), needed_bytes=60)
+    assert back is a and a.where == "cpu" and not a.released
+    assert cache.parked() == [CacheKey("b")]
+    cache.get(CacheKey("c"), lambda: c, needed_bytes=50)  # a (60) parks: b (30) + a = 90
+    assert cache.parked() == [CacheKey("b"), CacheKey("a")]
+    cache.get(CacheKey("b"), lambda: pytest.fail("b is in RAM"), needed_bytes=30)
+    # c (50) parks next to a (60): 110 > 100, so a, the oldest parked, is released
+    assert cache.parked() == [CacheKey("c")] and a.released and not c.released
+    budget["bytes"] = 0  # no RAM to spare: evicted models are released
+    cache.get(CacheKey("a2"), lambda: Parkable("a2"), needed_bytes=10)
+    assert b.released and cache.parked() == [CacheKey("c")]
+
+
+def test_models_loaded_for_cpu_offload_are_not_parked():
+    """A model with no bytes on the GPU (optimize_low_vram) has nothing to move to RAM."""
+    cache = ModelCache(max_entries=1, park_bytes=lambda parked: 10**12)
+    a = Parkable("a")
+    cache.get(CacheKey("a", offloaded=True), lambda: a, needed_bytes=0)
+    cache.get(CacheKey("b"), lambda: Parkable("b"), needed_bytes=10)
+    assert cache.parked() == [] and a.released
+
+
+@pytest.mark.parametrize(
+    ("value", "total", "expected"),
+    [
+        ("40GB", 0, 40 * 2**30),
+        ("512MiB", 0, 512 * 2**20),
+        ("60%", 1000, 600),
+        ("0", 9, 0),
+        ("1.5 gb", 0, int(1.5 * 2**30)),
+        ("150%", 1000, 1000),
+    ],
+)
+def test_memory_settings_read_bytes_and_shares(value, total, expected):
+    from api.common.settings import memory_bytes
+
+    assert memory_bytes(value, total) == expected
+
+
+@pytest.mark.parametrize("name", ["DD_MAX_LOADED_MEMORY", "DD_UNLOADED_MODELS_RAM"])
+def test_a_bad_memory_setting_stops_the_start_naming_it(name, monkeypatch):
+    from api.common.settings import SettingsError, load_settings
+    from api.domains import Settings
+
+    monkeypatch.setenv(name, "lots")
+    with pytest.raises(SettingsError, match=name):
+        load_settings(Settings)

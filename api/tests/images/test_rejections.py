@@ -88,7 +88,8 @@ def prepare(kind: str, workspace: Path, tmp_path: Path) -> tuple[dict, int, str]
         "strength below 0": ({"input_image_path": plate, "strength": -0.1}, 422, "strength"),
         "strength leaving no step": ({"input_image_path": plate, "strength": 0.1}, 422, "strength"),
         "wrong type": ({"guidance_scale": "lots"}, 422, "guidance_scale"),
-        "unsupported field": ({"loras": [{"model": "film-grain"}]}, 422, "loras"),
+        "unsupported field": ({"sampler": "euler_a"}, 422, "sampler"),
+        "unknown lora": ({"loras": [{"name": "film-grain"}]}, 422, "loras.0.name"),
         "data url then a bad field": (
             {"input_image_path": _data_url(workspace / "d.png"), "strength": 0.01},
             422,
@@ -164,6 +165,7 @@ KINDS = [
     "strength leaving no step",
     "wrong type",
     "unsupported field",
+    "unknown lora",
     "bad data url",
     "data url then a bad field",
     "all-black mask",

@@ -24,7 +24,7 @@ from diffusers import (
 from PIL import Image
 
 from api.common.models import CacheKey, Weights
-from api.common.pipelines import Speed, compile_mode, load_pipeline
+from api.common.pipelines import Speed, compile_mode, load_pipeline, precision_of, use_fp8
 from api.common.runtime import ModelRuntime
 from api.videos.context import Clip, VideoContext
 from api.videos.registry import VideoMode, VideoModel
@@ -108,8 +108,9 @@ def load(
 ) -> LoadedVideoModel:
     """``from_pretrained`` exactly as for downloaded weights. On CUDA: straight onto the device
     (or, with ``low_vram``, offloaded to the CPU: whole models, or groups of layers for Wan),
-    VAE tiling and slicing on where the VAE has them. Call inside
-    ``common.models.building_models(device)`` (``ModelCache.get`` does)."""
+    VAE tiling and slicing on where the VAE has them; resident, ``speed``'s FP8 linears and
+    compilation. Call inside ``common.models.building_models(device)`` (``ModelCache.get``
+    does)."""
     family = FAMILIES[model.family]
     on_gpu = device.startswith("cuda")
     kwargs: dict[str, Any] = {"dtype": dtype or default_dtype(device)}
@@ -138,6 +139,8 @@ def load(
     elif on_gpu and low_vram:
         pipe.enable_model_cpu_offload(device=device)
     elif on_gpu and speed is not None:
+        if speed.fp8:
+            use_fp8(pipe)
         compile_transformer_blocks(pipe, speed)
     pipe.set_progress_bar_config(disable=True)
     return LoadedVideoModel(pipe, family, device, low_vram, {base_mode: pipe})
@@ -245,6 +248,7 @@ def run(ctx: VideoContext, runtime: ModelRuntime) -> tuple[Clip, dict[str, float
         weights,
     )
     pipe = loaded.pipeline(ctx.mode)
+    runtime.precision = precision_of(pipe)
     loaded_at = time.perf_counter()
     assert request.num_inference_steps is not None and request.guidance_scale is not None
     frames, timings = generate(

@@ -30,10 +30,10 @@ MAX_SIDE = 4096
 # tiny-models): their UNets and transformers are built for 8x8 latents, i.e. 64 px.
 TINY_SIZE = 64
 # The smallest output side (max_width, max_height) each diffusion family is asked for; less
-# is refused at submit. Half the size a family was trained at, below which its pictures fall
-# apart (sd1.5, trained at 512 px: 256; sdxl, 1024: 512; sd3 and flux, trained up from 256
-# px: 256). Tiny weights take TINY_MIN_SIZE: their UNets have one channel per GroupNorm
-# group, which can't normalise the 1x1 latent a 16 px side makes.
+# is refused at submit. Below it a family's pictures fall apart: sd1.5 and sdxl, trained at
+# 512 and 1024 px, hold together down to about half that; sd3 and flux, trained at sizes from
+# 256 px up, to 256. Tiny weights take TINY_MIN_SIZE: their UNets have one channel per
+# GroupNorm group, which can't normalise the 1x1 latent a 16 px side makes.
 MIN_SIZES = {"sd1.5": 256, "sdxl": 512, "sd3": 256, "flux": 256}
 TINY_MIN_SIZE = 32
 MAX_STEPS = 500

@@ -85,7 +85,7 @@ def endpoint(llm: LLM, services: Services) -> Endpoint:
             settings.openai_base_url or OPENAI_URL, key.get_secret_value() if key else None
         )
     own = agent_settings(settings).agent_local_base_url or own_v1(settings.host, settings.port)
-    return Endpoint(own, settings.api_keys[0] if settings.api_keys else None)
+    return Endpoint(own, settings.api_keys[0].key if settings.api_keys else None)
 
 
 def own_v1(host: str, port: int) -> str:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.agentic.schemas import SequenceJob, SequenceRequest
 from api.agentic.validation import validate_request
-from api.common.jobs.router import WaitSeconds, job_response, submit_route
+from api.common.jobs.router import WaitSeconds, job_response, submit_job, submit_route
 from api.common.jobs.store import EXTERNAL_QUEUE
 
 router = APIRouter(tags=["agentic"])
@@ -28,10 +28,9 @@ async def create_sequence(
     images are described by the texts model for the agent. Its progress events say each
     step (``progress.status``: an LLM request, a reference described)."""
     services = request.app.state.services
-    engine = request.app.state.engine
     checked = await run_in_threadpool(validate_request, body, services)
     assert checked.model is not None  # filled by validate_request
-    job = await run_in_threadpool(
-        engine.submit, "agentic", checked.model, checked.model_dump(mode="json"), EXTERNAL_QUEUE
+    job = await submit_job(
+        request, "agentic", checked.model, checked.model_dump(mode="json"), EXTERNAL_QUEUE
     )
     return await job_response(request, job, wait, response)

@@ -94,6 +94,7 @@ def run_sequence_job(services: Services, job: Job, context: JobContext) -> Seque
                 QUESTIONS[role],
                 context.check_cancelled,
                 model=request.texts_model,
+                priority=request.priority,
             )
         except ApiError as exc:  # fine at submit, not any more (the file went away?)
             field = f"{role}_reference_image"

@@ -40,7 +40,8 @@ STATUS_MEANINGS = {
     400: "`bad_request`: malformed JSON or multipart body.",
     401: "`unauthorized`: missing or wrong API key (when `DD_API_KEYS` is set), or an "
     "expired or altered signed link.",
-    403: "`forbidden`: a path outside the allowed roots (`DD_ALLOWED_ROOTS`).",
+    403: "`forbidden`: a path outside the allowed roots (`DD_ALLOWED_ROOTS`), or a "
+    "`priority` above the API key's `max_priority`.",
     404: "`not_found`: no such job, file or route.",
     409: "`conflict`: the job already finished.",
     413: "`payload_too_large`: the request body or upload is too large.",

@@ -28,6 +28,7 @@ class InputImages:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._pending: dict[str, tuple[str, bytes]] = {}  # path → (field, bytes)
+        self.sizes: dict[str, tuple[int, int]] = {}  # checked reference → its header's size
 
     def check(self, value: str | None, field: str) -> str | None:
         """The reference as it will be stored in the job (a path), or a 4xx naming ``field``."""
@@ -35,11 +36,14 @@ class InputImages:
             return None
         if value.startswith("data:"):
             data, suffix = decode_data_url(value, field)
-            check_image_bytes(data, field)
+            size = check_image_bytes(data, field)
             path = self.services.uploads_dir / f"{uuid.uuid4().hex}{suffix}"
             self._pending[str(path)] = (field, data)
+            self.sizes[str(path)] = size
             return str(path)
-        check_image_file(self.services.paths.resolve_input_path(value, field), field)
+        self.sizes[value] = check_image_file(
+            self.services.paths.resolve_input_path(value, field), field
+        )
         return value
 
     def open(self, checked: str, field: str) -> Image.Image:

@@ -88,25 +88,25 @@ def open_image(path: Path, field: str) -> Image.Image:
         raise InvalidField(f"{field} {str(path)!r} is not a readable image: {exc}", field) from None
 
 
-def check_image_file(path: Path, field: str) -> None:
+def check_image_file(path: Path, field: str) -> tuple[int, int]:
     """Fail naming ``field`` unless ``path`` is an image this server can read and its
-    header's size is within DD_MAX_INPUT_PIXELS (checked without decoding it)."""
+    header's size is within DD_MAX_INPUT_PIXELS (checked without decoding it); its size."""
     what = f" {str(path)!r}"
     if path.suffix.lower() == ".exr":
-        _check_exr_header(str(path), field, what)
-        return
+        return _check_exr_header(str(path), field, what)
     try:
         with _open_pil(path, field, what) as image:
             image.verify()
+            return image.size
     except InvalidField:
         raise
     except Exception as exc:  # PIL raises many types for broken files
         raise InvalidField(f"{field} {str(path)!r} is not a readable image: {exc}", field) from None
 
 
-def _check_exr_header(source: str | io.BytesIO, field: str, what: str) -> None:
+def _check_exr_header(source: str | io.BytesIO, field: str, what: str) -> tuple[int, int]:
     """An OpenEXR file's header (read alone, no pixels): readable, and every part's data
-    window within DD_MAX_INPUT_PIXELS in all."""
+    window within DD_MAX_INPUT_PIXELS in all. The size of its first part (the one read)."""
     import OpenEXR
 
     try:
@@ -123,6 +123,7 @@ def _check_exr_header(source: str | io.BytesIO, field: str, what: str) -> None:
     if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
         shown = " + ".join(f"{width}x{height}" for width, height in sizes)
         raise _too_large(field, what, f"{shown} = {pixels} pixels")
+    return sizes[0]
 
 
 def _open_exr(data: bytes, field: str) -> Image.Image:
@@ -206,14 +207,14 @@ def decode_image_bytes(data: bytes, field: str) -> Image.Image:
         return image.copy()
 
 
-def check_image_bytes(data: bytes, field: str) -> None:
+def check_image_bytes(data: bytes, field: str) -> tuple[int, int]:
     """Like ``check_image_file``, for an image in memory (a data: URL's)."""
     if data.startswith(EXR_MAGIC):
-        _check_exr_header(io.BytesIO(data), field, "")
-        return
+        return _check_exr_header(io.BytesIO(data), field, "")
     try:
         with _open_pil(io.BytesIO(data), field, "") as image:
             image.verify()
+            return image.size
     except InvalidField:
         raise
     except Exception as exc:  # PIL raises many types for broken files

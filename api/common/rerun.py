@@ -14,8 +14,9 @@ from pydantic import Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.common.domain import Domain, Submission
-from api.common.errors import ApiError, Conflict
-from api.common.jobs.router import WaitSeconds, job_response, one_of, submit_route
+from api.common.errors import ApiError, Conflict, Forbidden
+from api.common.jobs.router import WaitSeconds, job_response, one_of, submit_job, submit_route
+from api.common.jobs.schemas import Job
 from api.common.schemas import RequestModel
 from api.common.services import Services
 
@@ -60,6 +61,20 @@ def check_again(
     return submission
 
 
+async def submit_again(
+    request: Request, kind: str, submission: Submission, overrides: dict[str, Any]
+) -> Job:
+    """Queue a re-run as a job of ``kind``; a priority above the API key's is refused
+    naming where the caller sent it (``overrides.priority``, or ``priority``: recorded)."""
+    try:
+        return await submit_job(
+            request, kind, submission.model, submission.request, submission.queue
+        )
+    except Forbidden as exc:
+        exc.field = ".".join(_named((str(exc.field),), overrides))
+        raise
+
+
 def rerun_router(domains: Sequence[Domain]) -> APIRouter:
     """POST /jobs/{id}/rerun, answering the registered domains' typed jobs."""
     router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -87,9 +102,7 @@ def rerun_router(domains: Sequence[Domain]) -> APIRouter:
         submission = await run_in_threadpool(
             check_again, domain.check_request, request.app.state.services, job.request, overrides
         )
-        new = await run_in_threadpool(
-            engine.submit, job.kind, submission.model, submission.request, submission.queue
-        )
+        new = await submit_again(request, job.kind, submission, overrides)
         return await job_response(request, new, wait, response)
 
     return router

@@ -69,15 +69,19 @@ def require_api_key(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(api_key)],
 ) -> None:
-    """With DD_API_KEYS set, every /api call needs ``Authorization: Bearer <key>``; a
+    """With DD_API_KEYS set, every /api call needs ``Authorization: Bearer <key>`` (the key
+    is kept in ``request.state.api_key``: its bound on priority applies at submit); a
     download also opens with a signed link (``?expires=&sig=``) instead."""
     keys = request.app.state.services.settings.api_keys
     if not keys:
         return
-    if credentials is not None and any(
-        hmac.compare_digest(credentials.credentials.encode(), key.encode()) for key in keys
-    ):
-        return
+    if credentials is not None:
+        sent = credentials.credentials.encode()
+        # Every key compared, in constant time each, so the timing tells nothing of which.
+        matches = [key for key in keys if hmac.compare_digest(sent, key.key.encode())]
+        if matches:
+            request.state.api_key = matches[0]
+            return
     query = request.query_params
     route = request.scope.get("route")
     if getattr(route, "endpoint", None) is get_file and ("sig" in query or "expires" in query):

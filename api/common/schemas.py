@@ -147,16 +147,35 @@ CallbackUrl = Annotated[
 ]
 
 
+# A job's place in its queue: higher runs first, equal ones in submission order.
+MIN_PRIORITY = -10
+MAX_PRIORITY = 10
+
+Priority = Annotated[
+    int,
+    Field(
+        0,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description=f"Place in the queue: from {MIN_PRIORITY} to {MAX_PRIORITY}, higher runs "
+        "first, equal priorities in submission order; a running job is never stopped for "
+        "another. An API key may allow less (DD_API_KEYS' max_priority: 403 above it).",
+    ),
+]
+
+
 class JobRequest(RequestModel):
     """Base of every domain's request body (the top level): what any job may ask for
-    besides its work -- a webhook (``callback_url``)."""
+    besides its work -- its place in the queue (``priority``) and a webhook
+    (``callback_url``)."""
 
+    priority: Priority = 0
     callback_url: CallbackUrl = None
 
 
 def request_fields(request_type: type[BaseModel]) -> list[str]:
     """A request's field names as a user reads them: its own first, then those any job
-    may carry (``callback_url``), which pydantic would list first."""
+    may carry (``priority``, ``callback_url``), which pydantic would list first."""
     shared = list(JobRequest.model_fields)
     return [f for f in request_type.model_fields if f not in shared] + [
         f for f in shared if f in request_type.model_fields

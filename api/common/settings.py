@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -26,6 +28,7 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from api.common.names import close_names
 from api.common.pipelines import Speed
+from api.common.schemas import MAX_PRIORITY
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 # Every settings class (the server's and each domain's) reads DD_* the same way.
@@ -38,6 +41,28 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / (
         "deferred-diffusion"
     )
+
+
+class ApiKey(BaseModel):
+    """One of DD_API_KEYS: the key, and the highest priority its jobs may ask for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(min_length=1, description="the secret, sent as 'Bearer <key>'")
+    max_priority: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_PRIORITY,
+        description="the highest priority a request with this key may ask for (unset: "
+        f"{MAX_PRIORITY}); at least 0, so a request leaving priority out always passes",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("API keys must not be empty strings")
+        return value
 
 
 class ServerSettings(BaseSettings):
@@ -74,11 +99,13 @@ class ServerSettings(BaseSettings):
         "paths, reversed in results",
         examples=[{"Z:/show": "/mnt/show"}],
     )
-    api_keys: list[str] = Field(
+    api_keys: list[ApiKey] = Field(
         [],
         description="JSON list of API keys; when set, every /api call needs "
-        "'Authorization: Bearer <key>'",
-        examples=[["a-long-secret"]],
+        "'Authorization: Bearer <key>'. A key is a string, or an object "
+        '{"key": "...", "max_priority": N} whose jobs may ask for a priority of at most N '
+        f"(0 to {MAX_PRIORITY})",
+        examples=[["a-long-secret", {"key": "farm-secret", "max_priority": 0}]],
     )
     url_expiry_seconds: int = Field(
         7 * 24 * 3600,
@@ -228,11 +255,12 @@ class ServerSettings(BaseSettings):
     def _log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", mode="before")
     @classmethod
-    def _keys(cls, value: list[str]) -> list[str]:
-        if any(not key.strip() for key in value):
-            raise ValueError("API keys must not be empty strings")
+    def _keys(cls, value: object) -> object:
+        """A plain string is a key with no bound of its own on priority."""
+        if isinstance(value, list):
+            return [{"key": key} if isinstance(key, str) else key for key in value]
         return value
 
     @field_validator("callback_hosts")

@@ -205,7 +205,9 @@ def build_context(request: AnyImageRequest, services: Services) -> ImageContext[
 
     # validate_request filled them in (the model's native size when the client sent none)
     assert request.max_width is not None and request.max_height is not None
-    width, height = output_size(request.max_width, request.max_height, image)
+    width, height = output_size(
+        request.max_width, request.max_height, image.size if image is not None else None
+    )
     size = (width, height)
     if image is not None:
         image = image.resize(size, Image.Resampling.LANCZOS)

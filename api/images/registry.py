@@ -29,6 +29,13 @@ MAX_SIDE = 4096
 # The default output size of a generative model whose weights are tiny (python -m api
 # tiny-models): their UNets and transformers are built for 8x8 latents, i.e. 64 px.
 TINY_SIZE = 64
+# The smallest output side (max_width, max_height) each diffusion family is asked for; less
+# is refused at submit. Below it a family's pictures fall apart: sd1.5 and sdxl, trained at
+# 512 and 1024 px, hold together down to about half that; sd3 and flux, trained at sizes from
+# 256 px up, to 256. Tiny weights take TINY_MIN_SIZE: their UNets have one channel per
+# GroupNorm group, which can't normalise the 1x1 latent a 16 px side makes.
+MIN_SIZES = {"sd1.5": 256, "sdxl": 512, "sd3": 256, "flux": 256}
+TINY_MIN_SIZE = 32
 MAX_STEPS = 500
 # A batch (num_images): image i (from 0) of a batch seeded s is the image seed s + i gives alone.
 MAX_IMAGES = 16
@@ -61,6 +68,7 @@ class ImageModel:
     modes: frozenset[Mode]
     width: int
     height: int
+    min_size: int = SIZE_MULTIPLE  # the smallest max_width/max_height it takes (MIN_SIZES)
     steps: int | None = None
     guidance_scale: float | None = None
     negative_prompt: bool = True  # whether the family takes a negative prompt
@@ -90,7 +98,17 @@ def _diffusion(
     variant: str | None = None,
 ) -> ImageModel:
     return ImageModel(
-        name, family, repo, modes, size, size, steps, guidance, negative_prompt, variant=variant
+        name,
+        family,
+        repo,
+        modes,
+        size,
+        size,
+        MIN_SIZES[family],
+        steps,
+        guidance,
+        negative_prompt,
+        variant=variant,
     )
 
 

@@ -12,10 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.common.domain import Submission
 from api.common.errors import InvalidField
-from api.common.jobs.router import WaitSeconds, job_response, submit_route
+from api.common.jobs.router import WaitSeconds, job_response, submit_job, submit_route
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
 from api.common.media import decode_data_url, read_metadata
-from api.common.rerun import Overrides, check_again
+from api.common.rerun import Overrides, check_again, submit_again
 from api.common.schemas import InputPath
 from api.common.services import Services
 from api.images.registry import IMAGE_MODELS
@@ -105,7 +105,8 @@ async def rerun_image(
     checked = await run_in_threadpool(
         check_again, check_request, services, recorded, body.overrides
     )
-    return await submit(request, response, checked, wait)
+    job = await submit_again(request, "images", checked, body.overrides)
+    return await job_response(request, job, wait, response)
 
 
 def recorded_request(services: Services, image_path: str) -> dict[str, Any]:
@@ -138,8 +139,5 @@ def recorded_request(services: Services, image_path: str) -> dict[str, Any]:
 async def submit(
     request: Request, response: Response, checked: Submission, wait: float
 ) -> dict[str, Any]:
-    engine = request.app.state.engine
-    job = await run_in_threadpool(
-        engine.submit, "images", checked.model, checked.request, checked.queue
-    )
+    job = await submit_job(request, "images", checked.model, checked.request, checked.queue)
     return await job_response(request, job, wait, response)

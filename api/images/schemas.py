@@ -152,14 +152,14 @@ class ImageRequest(ImageRequestBase):
         ge=16,
         le=MAX_SIDE,
         description="Bound on the output width; the model's native width when absent (64 "
-        "with tiny weights).",
+        "with tiny weights). At least the model's min_size (GET /api/models).",
     )
     max_height: int | None = Field(
         None,
         ge=16,
         le=MAX_SIDE,
         description="Bound on the output height; the model's native height when absent (64 "
-        "with tiny weights).",
+        "with tiny weights). At least the model's min_size (GET /api/models).",
     )
     input_mask_path: InputPath | None = Field(
         None, description="White = repaint. With input_image_path: inpainting."
@@ -309,6 +309,11 @@ class ImageModelInfo(ModelInfo):
     """An image model (GET /api/models)."""
 
     domain: Literal["images"] = "images"
+    min_size: int | None = Field(
+        None,
+        description="Generative models: the smallest max_width / max_height it takes (less is "
+        "refused, 422); smaller with tiny weights.",
+    )
     controlnets: dict[str, ControlNetInfo] | None = Field(
         None, description="Diffusion models: the ControlNets it takes, by kind."
     )

@@ -44,7 +44,7 @@ from api.images.schemas import (
     stored_request,
 )
 from api.images.settings import image_settings
-from api.images.sizing import default_size
+from api.images.sizing import default_size, smallest_side
 from api.images.validation import lora_models, unavailable_reason
 
 log = logging.getLogger("api.images")
@@ -105,6 +105,7 @@ def describe_models(services: Services) -> list[ImageModelInfo]:
                     "tiny": bool(weights and weights.tiny),
                 },
                 "loaded_on": loaded.get(model.name, []),
+                "min_size": None if model.task else smallest_side(model, weights),
             }
         )
         reason = unavailable_reason(model, services)

@@ -52,7 +52,7 @@ from api.images.schemas import (
     UpscaleRequest,
 )
 from api.images.settings import loras_dir
-from api.images.sizing import check_max_side, default_size
+from api.images.sizing import check_output_size, check_sides, default_size
 
 # Every field of any image request: one that the chosen model's request lacks "does not
 # apply" to it (a field in none of them is simply unknown).
@@ -159,7 +159,7 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
     checked = {"input_image_path": input_image}
     if mode == Mode.upscale:
         assert input_image is not None  # an upscale request requires its input image
-        width, height = inputs.open(input_image, "input_image_path").size
+        width, height = inputs.sizes[input_image]  # the header's: nothing decoded
         if max(width, height) * UPSCALE_FACTOR > UPSCALE_MAX_SIDE:
             raise InvalidField(
                 f"input_image_path is {width}x{height}: upscaled {UPSCALE_FACTOR}x it would be "
@@ -176,11 +176,16 @@ def validate_request(request: AnyImageRequest, services: Services) -> AnyImageRe
         if not model.external:
             weights = services.find_weights(model.name, model.repo)
         width, height = default_size(model, weights)
-        check_max_side(model, weights, request)
+        check_sides(model, weights, request)
         defaults |= {
             "max_width": request.max_width or width,
             "max_height": request.max_height or height,
         }
+        if not model.external:  # a provider picks its own sizes
+            image_size = inputs.sizes.get(input_image) if input_image else None
+            check_output_size(
+                model, weights, defaults["max_width"], defaults["max_height"], image_size
+            )
     inputs.save()
     return request.model_copy(update=checked | defaults)
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.common.errors import ApiError, InvalidField, Unavailable, error_responses
+from api.common.jobs.router import submit_job
 from api.common.jobs.schemas import Job
 from api.texts.registry import TEXT_MODELS
 from api.texts.schemas import MAX_MESSAGES, MAX_TEXT_CHARS, TextRequest
@@ -159,9 +160,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     services = request.app.state.services
     engine = request.app.state.engine
     checked = await run_in_threadpool(validate_request, text_request(body), services)
-    job = await run_in_threadpool(
-        engine.submit, "texts", checked.model, checked.model_dump(mode="json")
-    )
+    job = await submit_job(request, "texts", checked.model, checked.model_dump(mode="json"))
     if body.stream:
         headers = {"Cache-Control": "no-store"}
         return StreamingResponse(

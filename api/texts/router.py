@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.common.jobs.router import WaitSeconds, job_response, submit_route
+from api.common.jobs.router import WaitSeconds, job_response, submit_job, submit_route
 from api.texts.schemas import TextJob, TextRequest
 from api.texts.validation import validate_request
 
@@ -25,9 +25,6 @@ async def create_text(
     answer, the conversation with it (``chain_of_thought``) and the token counts. Its
     progress events carry the answer so far (``progress.text``)."""
     services = request.app.state.services
-    engine = request.app.state.engine
     checked = await run_in_threadpool(validate_request, body, services)
-    job = await run_in_threadpool(
-        engine.submit, "texts", checked.model, checked.model_dump(mode="json")
-    )
+    job = await submit_job(request, "texts", checked.model, checked.model_dump(mode="json"))
     return await job_response(request, job, wait, response)

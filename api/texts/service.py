@@ -152,11 +152,13 @@ def describe_image(
     model: str = "qwen-2.5-vl",
     seed: int = 0,
     max_tokens: int = 256,
+    priority: int = 0,
 ) -> str:
     """What the texts model says of one picture, asked ``question``: the call other domains
     use (the agent describing references). It is a texts job of its own, on the devices'
-    queue where the model stays resident, checked like any request (the path against the
-    allowed roots); a cancel of the asking job cancels it."""
+    queue where the model stays resident, at ``priority`` (the asking job's), checked like
+    any request (the path against the allowed roots); a cancel of the asking job cancels
+    it."""
     request = TextRequest(
         model=model,
         messages=[
@@ -171,6 +173,7 @@ def describe_image(
         temperature=0,
         seed=seed,
         max_tokens=max_tokens,
+        priority=priority,
     )
     checked = validate_request(request, services)
     job = services.jobs.run_and_wait(

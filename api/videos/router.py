@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.common.domain import Submission
-from api.common.jobs.router import WaitSeconds, job_response, submit_route
+from api.common.jobs.router import WaitSeconds, job_response, submit_job, submit_route
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
 from api.common.services import Services
 from api.videos.context import find_model
@@ -28,11 +28,8 @@ async def create_video(
     """Image→video (with input_image_path) or text→video (without, where the model can):
     an H.264 mp4, and optionally a PNG per frame."""
     services = request.app.state.services
-    engine = request.app.state.engine
     checked = submission(await run_in_threadpool(validate_request, body, services))
-    job = await run_in_threadpool(
-        engine.submit, "videos", checked.model, checked.request, checked.queue
-    )
+    job = await submit_job(request, "videos", checked.model, checked.request, checked.queue)
     return await job_response(request, job, wait, response)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from api.common.errors import InvalidField
 from api.common.inputs import InputImages
 from api.common.models import Weights
+from api.common.schemas import JobRequest
 from api.common.services import Services
 from api.videos.context import FRAME_NUMBER, find_model, frame_path, mode_of
 from api.videos.registry import VideoModel, valid_frames
@@ -25,6 +26,7 @@ TINY_STEPS = 4
 PROVIDER_FIELDS = frozenset(
     {"model", "prompt", "input_image_path", "seed", "num_frames"}
     | {"output_video_path", "output_frames_path", "start_frame"}
+    | set(JobRequest.model_fields)  # any job's: priority, callback_url
 )
 
 

@@ -11,10 +11,12 @@ from typing import Annotated, Any, Literal, Union, get_args
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import Field
+from starlette.concurrency import run_in_threadpool
 
-from api.common.errors import error_responses
+from api.common.errors import Forbidden, error_responses
 from api.common.jobs.engine import JobEngine
 from api.common.jobs.schemas import Job, JobStatus
+from api.common.jobs.store import DEVICE_QUEUE
 from api.common.signing import LinkSigner
 
 MAX_WAIT_SECONDS = 600
@@ -42,6 +44,27 @@ def signed(request: Request, job: Job) -> dict[str, Any]:
         links: LinkSigner = request.app.state.links
         answer["result"] = links.sign_links(job.result)
     return answer
+
+
+def check_priority(request: Request, body: dict[str, Any]) -> None:
+    """Refuse (403 on ``priority``) a job asking for more than its API key allows."""
+    key = getattr(request.state, "api_key", None)
+    priority = body.get("priority", 0)
+    if key is not None and key.max_priority is not None and priority > key.max_priority:
+        raise Forbidden(
+            f"priority {priority} is more than this API key may ask for (its max_priority is "
+            f"{key.max_priority}); ask for {key.max_priority} or less",
+            "priority",
+        )
+
+
+async def submit_job(
+    request: Request, kind: str, model: str, body: dict[str, Any], queue: str = DEVICE_QUEUE
+) -> Job:
+    """Queue a checked request (``body``, as validated) as a job of ``kind``, within the
+    priority its API key allows."""
+    check_priority(request, body)
+    return await run_in_threadpool(engine_of(request).submit, kind, model, body, queue)
 
 
 async def job_response(

@@ -37,10 +37,17 @@ CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs (status, seq);
 """
 
 # The queues jobs wait in: one for the compute devices, one for jobs at external providers
-# (which never wait behind GPU work). Databases from before queues get the column.
+# (which never wait behind GPU work). In a queue, the highest priority (the request's) runs
+# first, equal ones in submission order. Databases from before queues or priorities get the
+# column (their jobs: priority 0).
 DEVICE_QUEUE = "device"
 EXTERNAL_QUEUE = "external"
-QUEUE_COLUMN = f"ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT '{DEVICE_QUEUE}'"
+ADDED_COLUMNS = {
+    "queue": f"ALTER TABLE jobs ADD COLUMN queue TEXT NOT NULL DEFAULT '{DEVICE_QUEUE}'",
+    "priority": "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+}
+QUEUE_ORDER = "priority DESC, seq"
+QUEUE_INDEX = f"CREATE INDEX IF NOT EXISTS jobs_queue_order ON jobs (status, queue, {QUEUE_ORDER})"
 
 INTERRUPTED = (
     "the server stopped while this job was running (process killed or crashed); "
@@ -124,8 +131,10 @@ class JobStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        if "queue" not in columns:
-            self._db.execute(QUEUE_COLUMN)
+        for column, add in ADDED_COLUMNS.items():
+            if column not in columns:
+                self._db.execute(add)
+        self._db.execute(QUEUE_INDEX)
 
     def close(self) -> None:
         with self._lock:
@@ -139,8 +148,9 @@ class JobStore:
         position = None
         if row["status"] == JobStatus.queued:
             ahead = self._one(
-                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND queue = ? AND seq < ?",
-                (row["queue"], row["seq"]),
+                "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND queue = ?"
+                " AND (priority > ? OR (priority = ? AND seq < ?))",
+                (row["queue"], row["priority"], row["priority"], row["seq"]),
             )
             assert ahead is not None  # COUNT(*) always returns one row
             position = ahead[0] + 1
@@ -163,13 +173,15 @@ class JobStore:
     def submit(
         self, kind: str, model: str, request: dict[str, Any], queue: str = DEVICE_QUEUE
     ) -> Job:
+        """Queue a job, at the priority its request asks for (0 when it says none)."""
         job_id = uuid.uuid4().hex
+        priority = int(request.get("priority", 0))
         with self._lock:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
-                "INSERT INTO jobs (id, kind, model, status, request, created_at, queue)"
-                " VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                (job_id, kind, model, json.dumps(request), _now(), queue),
+                "INSERT INTO jobs (id, kind, model, status, request, created_at, queue, priority)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (job_id, kind, model, json.dumps(request), _now(), queue, priority),
             )
             self._db.execute("PRAGMA synchronous=NORMAL")
         return self.get(job_id)
@@ -199,11 +211,12 @@ class JobStore:
         return [self._job(row) for row in rows]
 
     def claim_next(self, worker: str, queue: str = DEVICE_QUEUE) -> Job | None:
-        """Atomically move the oldest job queued in ``queue`` to running and return it."""
+        """Atomically move the next job queued in ``queue`` (the highest priority, the
+        oldest of those) to running and return it."""
         row = self._one(
             "UPDATE jobs SET status = 'running', started_at = ?, worker = ?"
             " WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' AND queue = ?"
-            " ORDER BY seq LIMIT 1) RETURNING *",
+            f" ORDER BY {QUEUE_ORDER} LIMIT 1) RETURNING *",
             (_now(), worker, queue),
         )
         return self._job(row) if row else None
@@ -298,7 +311,7 @@ class JobStore:
         """The position of each queued job in its queue (1 = next), by id."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, queue FROM jobs WHERE status = 'queued' ORDER BY seq"
+                f"SELECT id, queue FROM jobs WHERE status = 'queued' ORDER BY {QUEUE_ORDER}"
             ).fetchall()
         positions: dict[str, int] = {}
         ahead: dict[str, int] = defaultdict(int)

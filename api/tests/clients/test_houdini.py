@@ -45,6 +45,7 @@ def test_parameters_become_the_request_fields(hou: FakeHou):
         "loras": [],
         "num_images": 1,
         "bit_depth": 8,
+        "priority": 0,
     }
     node.parm("loras").set('[{"name": "tiny-sd15", "scale": 0.5}]')  # a JSON parameter
     assert houdini.image_request(node)["loras"] == [{"name": "tiny-sd15", "scale": 0.5}]
@@ -59,6 +60,7 @@ def test_parameters_become_the_request_fields(hou: FakeHou):
         "model": "depth-anything",
         "output_image_path": str(hou.hip / "deferred_diffusion/img1/img1.0001.png"),
         "depth_format": "png16",
+        "priority": 0,
     }
     node.parm("model").set("sdxl")
     node.parm("bit_depth").set("16")  # a menu of numbers sends a number

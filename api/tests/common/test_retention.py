@@ -101,12 +101,17 @@ def redis_store():
 def test_the_redis_store_removes_old_finished_jobs_only(redis_store: RedisJobStore):
     store = redis_store
     ids = {}
-    for name in ("old", "old-failed", "recent", "queued-long-ago", "running"):
+    for name in ("old", "old-failed", "recent", "running", "queued-long-ago"):
         ids[name] = store.submit("images", "sd1.5", {"prompt": name}, DEVICE_QUEUE).id
+
+    def claim(name: str) -> None:  # the queue's first job: the oldest (all at priority 0)
+        claimed = store.claim_next(DEVICE_QUEUE, "w1")
+        assert claimed is not None and claimed.id == ids[name]
+
     for name, status in (("old", "succeeded"), ("old-failed", "failed"), ("recent", "succeeded")):
-        assert store.claim(ids[name], "w1") is not None
+        claim(name)
         store.finish(ids[name], "w1", JobStatus(status), {"images": []}, None)
-    assert store.claim(ids["running"], "w1") is not None
+    claim("running")
     long_ago = (datetime.now(UTC) - timedelta(days=30)).isoformat(timespec="milliseconds")
     for name in ("old", "old-failed"):
         store.redis.hset(job_key(ids[name]), "finished_at", long_ago)

@@ -236,3 +236,44 @@ def test_wider_than_the_weights_can_make(client: TestClient, tmp_path: Path, tin
     body = OK | {"model": "sd3", "max_width": largest + 16}
     assert_rejected(client, tmp_path, body, 422, "max_width", f"at most {largest} px a side")
     assert client.post("/api/images?wait=60", json=OK | {"model": "sd3"}).status_code == 200
+
+
+def test_smaller_than_the_model_makes(client: TestClient, workspace: Path, tmp_path: Path):
+    """A side under the model's minimum is a 422 at submit: tiny weights' UNets can't
+    normalise a 1x1 latent (16 px without guidance failed the job as internal_error)."""
+    models = {m["name"]: m for m in client.get("/api/models").json()}
+    assert {name: models[name]["min_size"] for name in ("sd1.5", "sdxl", "sd3")} == {
+        name: 32 for name in ("sd1.5", "sdxl", "sd3")
+    }
+    assert models["depth-anything"]["min_size"] is None  # a task: the input's size
+    for name in ("max_width", "max_height"):
+        body = OK | {"guidance_scale": 1.0, name: 16}
+        assert_rejected(client, tmp_path, body, 422, name, "at least 32 px a side")
+    # A plate's aspect ratio, kept, can make a side too small within large enough bounds.
+    wide = write_image(workspace / "wide.png", (256, 32))
+    body = OK | {"input_image_path": str(wide), "strength": 1.0}
+    error = assert_rejected(client, tmp_path, body, 422, "input_image_path", "would be 64x16")
+    assert "min_size of 32 px a side" in error["message"]
+    smallest = OK | {"guidance_scale": 1.0, "max_width": 32, "max_height": 32}
+    job = client.post("/api/images?wait=60", json=smallest).json()
+    assert job["status"] == "succeeded", job["error"]
+    assert (job["result"]["images"][0]["width"], job["result"]["images"][0]["height"]) == (32, 32)
+
+
+def test_real_weights_refuse_sizes_they_make_noise_at(
+    make_client, tiny_models: Path, tmp_path: Path
+):
+    """The same weights without the tiny marker count as real: the family's minimum applies
+    (sd1.5: 256; sdxl, whose weights are absent here: 512)."""
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(
+        tiny_models / "sd1.5", models / "sd1.5", ignore=shutil.ignore_patterns("tiny.json")
+    )
+    client = make_client(models_dir=models)
+    listed = {m["name"]: m for m in client.get("/api/models").json()}
+    assert (listed["sd1.5"]["min_size"], listed["sdxl"]["min_size"]) == (256, 512)
+    body = OK | {"max_width": 240, "max_height": 512}
+    error = assert_rejected(client, tmp_path, body, 422, "max_width", "at least 256 px a side")
+    assert "tiny" not in error["message"]

@@ -228,7 +228,7 @@ def test_a_field_that_does_not_apply_is_refused(
     if model == "depth-anything":
         del body["prompt"]
     body[field] = values.get(field, "exr" if field == "depth_format" else 0.5)
-    fields = [*fields, "callback_url"] if fields else request_fields(ImageRequest)
+    fields = [*fields, "priority", "callback_url"] if fields else request_fields(ImageRequest)
     error = assert_rejected(client, tmp_path, body, 422, field)
     assert error["message"] == (
         f"{field}: does not apply to {model} ({kind}); its fields: {', '.join(fields)}"
@@ -243,7 +243,8 @@ def test_unknown_model_is_named(client: TestClient, tmp_path: Path):
 def test_each_task_records_only_its_fields(client: TestClient, workspace: Path):
     plate = str(write_image(workspace / "plate.png", (32, 32)))
     depth = run_job(client, {"model": "depth-anything", "input_image_path": plate})
-    assert list(depth["request"]) == DEPTH_FIELDS
+    # Every request records its priority (pydantic lists the shared fields first).
+    assert list(depth["request"]) == ["priority", *DEPTH_FIELDS]
     assert depth["request"]["depth_format"] == "png8" and depth["result"]["seed"] is None
     segmentation = run_job(
         client,
@@ -255,16 +256,16 @@ def test_each_task_records_only_its_fields(client: TestClient, workspace: Path):
             "text_threshold": 0,
         },
     )
-    assert list(segmentation["request"]) == SEGMENTATION_FIELDS
+    assert list(segmentation["request"]) == ["priority", *SEGMENTATION_FIELDS]
     upscale = run_job(
         client,
         {"model": "sd-x4-upscaler", "input_image_path": plate, "num_inference_steps": 1},
     )
-    assert list(upscale["request"]) == UPSCALE_FIELDS
+    assert list(upscale["request"]) == ["priority", *UPSCALE_FIELDS]
     assert upscale["request"]["guidance_scale"] == 9.0 and upscale["request"]["seed"] is not None
     generative = run_job(client, image_request(workspace, "text_to_image", model="sd1.5"))
     # callback_url, unset, is not recorded
-    assert list(generative["request"]) == request_fields(ImageRequest)[:-1]
+    assert list(generative["request"]) == ["priority", *request_fields(ImageRequest)[:-2]]
     assert not {"depth_format", "box_threshold", "text_threshold"} & set(ImageRequest.model_fields)
 
 

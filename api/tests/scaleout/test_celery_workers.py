@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+from api.tests.common.test_priorities import RUNS_IN, queue_at_priorities
 from api.tests.common.test_server_process import REPO, Server, free_port
 from api.tests.images.test_gpt_image import KEY as OPENAI_KEY
 from api.tests.images.test_gpt_image import FakeOpenAI
@@ -249,6 +250,32 @@ def test_sse_progress_and_cancel(cluster: tuple[Server, Workers, Path]):
         assert http.get(f"/api/jobs/{job_id}", params={"wait": 60}).json()["status"] == "cancelled"
     assert http.get(f"/api/jobs/{queued['id']}").json()["started_at"] is None
     assert sorted(path.name for path in show.glob("[abc].png")) == []  # nothing written
+    until(lambda: http.get("/health").json()["queue"]["running"] == 0, "the workers idle")
+
+
+def test_priorities_reorder_a_queue(cluster: tuple[Server, Workers, Path]):
+    """Both workers busy: jobs queued at several priorities wait in priority order (then
+    first come), their queue positions say so, and the worker freed first runs them in that
+    order, whichever job's message it takes."""
+    api, workers, show = cluster
+    http = httpx.Client(base_url=api.url, timeout=60)
+    busy = [http.post("/api/images", json=LONG).json() for _ in range(2)]
+    for job in busy:
+        until(
+            lambda job=job: http.get(f"/api/jobs/{job['id']}").json()["status"] == "running",
+            "both long jobs running",
+        )
+    submitted = queue_at_priorities(http, QUICK)
+    assert http.get("/health").json()["queues"]["device"] == {"queued": 5, "running": 2}
+
+    freed = http.delete(f"/api/jobs/{busy[0]['id']}").json()["worker"]
+    done = wait_all(http, [submitted[name]["id"] for name in RUNS_IN])
+    assert [job["status"] for job in done] == ["succeeded"] * len(RUNS_IN), done
+    assert {job["worker"] for job in done} == {freed}  # the other worker still busy
+    started = [job["started_at"] for job in done]
+    assert started == sorted(started) and len(set(started)) == len(started)
+    assert http.get(f"/api/jobs/{busy[1]['id']}").json()["status"] == "running"
+    http.delete(f"/api/jobs/{busy[1]['id']}")
     until(lambda: http.get("/health").json()["queue"]["running"] == 0, "the workers idle")
 
 

@@ -94,3 +94,6 @@ def test_runway_takes_only_what_it_can(client: TestClient, workspace: Path):
         error = response.json()["error"]
         assert error["field"] == field and words in error["message"]
     assert client.get("/api/jobs").json() == []
+    # What any job may carry applies to a provider's too.
+    urgent = client.post("/api/videos?wait=60", json=request(workspace, priority=5)).json()
+    assert urgent["status"] == "succeeded" and urgent["request"]["priority"] == 5

@@ -1,8 +1,10 @@
 """The distributed engine (DD_BROKER_URL): jobs handed to Celery workers through Redis.
 
 The API server keeps no job itself: it writes each job to the shared store (Redis) and
-sends Celery a message naming it on the job's queue; a worker (``python -m api worker``)
-claims it there, runs it and records its end. The same engine runs inside the workers,
+sends Celery a message on the job's queue, saying that the queue has one more job; a
+worker (``python -m api worker``) taking the message claims the first job of that queue
+in the store (the highest priority, the oldest of those: not necessarily the message's),
+runs it and records its end. The same engine runs inside the workers,
 where a job may ask another domain for work (``run_and_wait``) and where the reaper runs
 too, so a dead worker's job is noticed even while the API server is down.
 """
@@ -29,7 +31,9 @@ from api.common.settings import ServerSettings, masked_url
 
 log = logging.getLogger("api.jobs")
 
-RUN_JOB = "deferred_diffusion.run_job"  # the one Celery task: run the job of this id
+# The one Celery task: run the next job of this queue (args: the id of the job whose
+# submission sent it, for the logs, and the queue).
+RUN_JOB = "deferred_diffusion.run_job"
 CELERY_QUEUE_PREFIX = "dd."  # Celery's queue of a job queue: dd.device, dd.external...
 # Seconds after which Redis hands an unacknowledged message out again: long enough for any
 # job. It only matters for a message whose worker died, and those jobs are requeued by the
@@ -171,8 +175,10 @@ class CeleryJobEngine(BaseJobEngine):
         return handled
 
     def send(self, job_id: str) -> None:
+        """Tell the workers of a job's queue that it has one more job (submitted, or
+        queued again)."""
         queue = self.store.queue_of(job_id) or DEVICE_QUEUE
-        self.celery.send_task(RUN_JOB, args=[job_id], queue=celery_queue(queue))
+        self.celery.send_task(RUN_JOB, args=[job_id, queue], queue=celery_queue(queue))
 
     def route(self, model: str, queue: str) -> str:
         """A device job goes to its model's own queue while a live worker keeps that model

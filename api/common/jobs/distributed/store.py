@@ -1,8 +1,10 @@
 """Jobs in Redis, shared by the API server and every worker (DD_BROKER_URL's database).
 
 One hash per job (``dd:job:<id>``) holds what the embedded store keeps in its SQLite row;
-the queued jobs of each queue wait in a sorted set by submission order (their position),
-the running ones in a set the reaper walks. Every change of status is one Lua script, so
+the queued jobs of each queue wait in a sorted set in the order they run (their position:
+priority, then submission order; see QUEUE_SCORE), the running ones in a set the reaper
+walks. A worker's Celery message only says that its queue has work: the worker takes the
+first job of that queue's sorted set. Every change of status is one Lua script, so
 the API, a worker and a reaper racing on a job can't both win (a cancelled job is never
 claimed, a finished one never requeued). Changes are announced on one pub/sub channel
 (``<id> status`` or ``<id> progress``) that the API turns into wake-ups for ``wait=`` and
@@ -22,7 +24,7 @@ import redis
 from api.common.errors import Conflict, NotFound
 from api.common.jobs.schemas import FINISHED, Job, JobStatus
 from api.common.jobs.store import DEVICE_QUEUE, EXTERNAL_QUEUE
-from api.common.schemas import replace_invalid_text
+from api.common.schemas import MAX_PRIORITY, replace_invalid_text
 
 PREFIX = "dd:"
 JOBS = f"{PREFIX}jobs"  # sorted set: every job id by submission order
@@ -46,27 +48,48 @@ def worker_key(name: str) -> str:
 
 INTERRUPTED_TYPE = "interrupted"
 
-# KEYS: job, jobs, queued set. ARGV: id, seq-less fields as JSON, queue, created_at.
-SUBMIT = """
+# A queued job's score in its queue's sorted set: higher priorities first, then submission
+# order. Exact in a double (2^53) while the sequence stays under 2^40 jobs.
+SEQUENCE_SPAN = 2**40
+QUEUE_SCORE = f"""
+local function queue_score(priority, seq)
+  return ({MAX_PRIORITY} - tonumber(priority)) * {SEQUENCE_SPAN} + tonumber(seq)
+end
+"""
+
+
+# KEYS: job, jobs, queued set, sequence. ARGV: id, kind, model, request (JSON), queue,
+# created_at, priority.
+SUBMIT = (
+    QUEUE_SCORE
+    + """
 local seq = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'kind', ARGV[2], 'model', ARGV[3],
   'status', 'queued', 'request', ARGV[4], 'queue', ARGV[5], 'created_at', ARGV[6],
-  'seq', seq, 'attempts', 0, 'cancel_requested', 0)
+  'seq', seq, 'priority', ARGV[7], 'attempts', 0, 'cancel_requested', 0)
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
-redis.call('ZADD', KEYS[3], seq, ARGV[1])
+redis.call('ZADD', KEYS[3], queue_score(ARGV[7], seq), ARGV[1])
 return seq
 """
+)
 
-# KEYS: job, running. ARGV: id, worker, started_at. → 1 claimed, 0 not queued (cancelled...)
+# The first job of a queue to running. KEYS: queued set, running. ARGV: worker, started_at,
+# job-key prefix. → the job's id, or false when the queue is empty. (An id whose job is not
+# queued, which no change of status leaves in the set, is dropped on the way.)
 CLAIM = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-local queue = redis.call('HGET', KEYS[1], 'queue')
-redis.call('ZREM', ARGV[4] .. queue, ARGV[1])
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[2], 'started_at', ARGV[3])
-redis.call('HDEL', KEYS[1], 'progress')
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
+while true do
+  local first = redis.call('ZPOPMIN', KEYS[1])
+  if #first == 0 then return false end
+  local id = first[1]
+  local job = ARGV[3] .. id
+  if redis.call('HGET', job, 'status') == 'queued' then
+    redis.call('HSET', job, 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
+    redis.call('HDEL', job, 'progress')
+    redis.call('HINCRBY', job, 'attempts', 1)
+    redis.call('SADD', KEYS[2], id)
+    return id
+  end
+end
 """
 
 # KEYS: job, running. ARGV: id, worker, status, result, error, finished_at. → 1 | 0
@@ -85,7 +108,9 @@ return 1
 # shutdown, not counted), error if out of attempts, finished_at, queued-set prefix,
 # dead_only (1: only when the worker's heartbeat is gone).
 # → 'requeued' | 'failed' | '' (not running on that worker, or the worker is alive).
-REQUEUE = """
+REQUEUE = (
+    QUEUE_SCORE
+    + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running'
   or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then return '' end
 if ARGV[7] == '1' and redis.call('EXISTS', KEYS[3]) == 1 then return '' end
@@ -102,9 +127,12 @@ end
 redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('HDEL', KEYS[1], 'worker', 'started_at', 'progress')
 local seq = redis.call('HGET', KEYS[1], 'seq')
-redis.call('ZADD', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), seq, ARGV[1])
+local priority = redis.call('HGET', KEYS[1], 'priority') or 0
+redis.call('ZADD', ARGV[6] .. redis.call('HGET', KEYS[1], 'queue'), queue_score(priority, seq),
+  ARGV[1])
 return 'requeued'
 """
+)
 
 # KEYS: job. ARGV: id, finished_at, queued-set prefix.
 # → 'missing' | the status it had (queued: now cancelled; running: asked to stop)
@@ -157,10 +185,12 @@ class RedisJobStore:
     # The API's side: submit, read, cancel.
 
     def submit(self, kind: str, model: str, request: dict[str, Any], queue: str) -> Job:
+        """Queue a job, at the priority its request asks for (0 when it says none)."""
         job_id = uuid.uuid4().hex
+        priority = int(request.get("priority", 0))
         self._submit(
             keys=[job_key(job_id), JOBS, queued_key(queue), SEQUENCE],
-            args=[job_id, kind, model, json.dumps(request), queue, now()],
+            args=[job_id, kind, model, json.dumps(request), queue, now(), priority],
         )
         return self.get(job_id)
 
@@ -305,12 +335,12 @@ class RedisJobStore:
 
     # The workers' side: claim, report, finish; and the reaper's.
 
-    def claim(self, job_id: str, worker: str) -> Job | None:
-        """Move a queued job to running on ``worker``; None when it is no longer queued
-        (cancelled, or already taken: a message delivered twice)."""
-        if not self._claim(
-            keys=[job_key(job_id), RUNNING], args=[job_id, worker, now(), queued_key("")]
-        ):
+    def claim_next(self, queue: str, worker: str) -> Job | None:
+        """Move the first job of ``queue`` (the highest priority, the oldest of those) to
+        running on ``worker``; None when none is queued there (each job sends one message,
+        but a cancelled job leaves its message behind, and a message may come twice)."""
+        job_id = self._claim(keys=[queued_key(queue), RUNNING], args=[worker, now(), job_key("")])
+        if not job_id:
             return None
         self.publish(job_id)
         return self.get(job_id)

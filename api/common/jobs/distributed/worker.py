@@ -3,9 +3,10 @@
 One process per device (``--pool solo``: the job runs in the worker's main thread, so the
 models it loads stay resident for the next one), taking one message at a time. Beside it a
 thread beats (a key in Redis that expires unless renewed, carrying what the worker does)
-and reaps the jobs of workers whose beat stopped. A job's message only says which job:
-the job itself (its request as validated by the API server) comes from the store, and its
-handler resolves its paths against this worker's own allowed roots, reading and writing.
+and reaps the jobs of workers whose beat stopped. A message only says which queue has work:
+the worker takes that queue's first job in the store (by priority, then age), its request
+as validated by the API server, and its handler resolves its paths against this worker's
+own allowed roots, reading and writing.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class WorkerJobContext(JobContext):
 
 
 class Worker:
-    """One device's worker: claims each job its messages name, runs it, records its end."""
+    """One device's worker: for each message, claims the first job of the message's queue,
+    runs it, records its end."""
 
     def __init__(
         self,
@@ -114,13 +116,16 @@ class Worker:
             except Exception as exc:  # Redis restarting: beat again next time
                 log.warning("heartbeat failed: %s", exc)
 
-    def run(self, job_id: str) -> None:
-        """Run the job a message names, unless it is no longer queued (cancelled, or taken
-        by another worker from a message delivered twice)."""
-        job = self.store.claim(job_id, self.name)
+    def run(self, sent_by: str, queue: str | None = None) -> None:
+        """Run the first job of ``queue`` (a message from before priorities names no queue:
+        its job's), unless none is queued there (its job was cancelled, or a message came
+        twice). ``sent_by``: the job whose submission sent the message."""
+        queue = queue or self.store.queue_of(sent_by)
+        job = self.store.claim_next(queue, self.name) if queue else None
         if job is None:
-            log.info("job %s: no longer queued, skipped", job_id)
+            log.info("message of job %s: no job queued in %s, skipped", sent_by, queue)
             return
+        job_id = job.id
         self.current = job_id
         self.beat()  # /health shows the job at once
         log.info("job %s started: %s %s on %s", job_id, job.kind, job.model, self.device)
@@ -158,8 +163,8 @@ class Worker:
         app = self.engine.celery
 
         @app.task(name=RUN_JOB, acks_late=True, ignore_result=True)
-        def run_job(job_id: str) -> None:
-            self.run(job_id)
+        def run_job(job_id: str, queue: str | None = None) -> None:
+            self.run(job_id, queue)
 
         @signals.worker_shutting_down.connect(weak=False)
         def shutting_down(**_: Any) -> None:

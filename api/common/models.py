@@ -77,7 +77,7 @@ def find_weights(
         return Weights("models_dir", str(folder), (folder / TINY_MARKER).is_file())
     cached = _hf_cache_folder(repo, files)
     if cached is not None:
-        return Weights("hf_cache", str(cached))
+        return Weights("hf_cache", str(cached), (cached / TINY_MARKER).is_file())
     if downloads:
         return Weights("download", repo)
     return None

@@ -5,6 +5,7 @@ agent on the job's LLM, each reference image described by the texts domain's
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 from api.agentic.llm import LLM, endpoint, parse_llm, unavailable_reason
@@ -86,13 +87,28 @@ def run_sequence_job(services: Services, job: Job, context: JobContext) -> Seque
         if (path := getattr(request, field)) is not None
     }
 
+    # Set once the job is over (or seen cancelled): a describe call still waiting for its
+    # texts job in a tool thread then cancels that job. The job's own cancel flag can't
+    # serve: it is forgotten as soon as the job ends, which the watcher can make happen
+    # before the tool thread looks at it again.
+    over = threading.Event()
+
+    def check_cancelled() -> None:
+        if over.is_set():
+            raise JobCancelled(job.id)
+        try:
+            context.check_cancelled()
+        except JobCancelled:
+            over.set()
+            raise
+
     def describe(role: str) -> str:
         try:
             return describe_image(
                 services,
                 references[role],
                 QUESTIONS[role],
-                context.check_cancelled,
+                check_cancelled,
                 model=request.texts_model,
                 priority=request.priority,
             )
@@ -125,6 +141,8 @@ def run_sequence_job(services: Services, job: Job, context: JobContext) -> Seque
     except Exception:
         context.check_cancelled()  # a cancel that surfaced as another error is a cancel
         raise
+    finally:
+        over.set()
     usage = AgentUsage(
         requests=outcome.requests,
         prompt_tokens=outcome.prompt_tokens,

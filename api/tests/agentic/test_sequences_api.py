@@ -21,7 +21,7 @@ from api.agentic.prompts import with_prompts
 from api.agentic.schemas import AgentUsage, Breakdown
 from api.tests.agentic.breakdowns import breakdown
 from api.tests.agentic.fake_llm import KEY, FakeLLM, serving
-from api.tests.conftest import assert_nothing_happened, files_under, write_image
+from api.tests.conftest import app_state, assert_nothing_happened, files_under, write_image
 from api.tests.contract import DomainContract
 
 ROUTE = "/api/agentic/sequences"
@@ -218,10 +218,17 @@ def test_cancel_while_the_llm_thinks(client: TestClient, llm: FakeLLM):
     llm.hold.set()
 
 
+@pytest.mark.parametrize("poll_seconds", [None, 3.0])
 def test_cancel_while_a_reference_is_described_cancels_its_texts_job(
-    client: TestClient, workspace: Path
+    client: TestClient, workspace: Path, poll_seconds: float | None, monkeypatch
 ):
-    """The describe call is a texts job of its own: cancelling the agent cancels it too."""
+    """The describe call is a texts job of its own: cancelling the agent cancels it too,
+    also when the agent's job has ended before the thread waiting for the description
+    looks again (polls 3 s apart: the job's own cancel flag is gone by then)."""
+    if poll_seconds is not None:
+        monkeypatch.setattr(
+            type(app_state(client).engine), "RUN_AND_WAIT_POLL_SECONDS", poll_seconds
+        )
     busy = client.post(  # 500 denoising steps keep the devices' runner busy (no early end)
         "/api/images",
         json={

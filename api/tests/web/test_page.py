@@ -177,9 +177,11 @@ def test_a_refused_request_names_its_field_in_the_form(page: Any, page_server: S
     assert page.locator('[data-path="num_inference_steps"]').count() == 0
     # As JSON, sent as written: a field no request has is refused, naming it.
     page.select_option("#model-select", "sd1.5")
+    # Opening the box fills it with the form's request (a toggle event, after the click):
+    # emptied first, so that its filling can be waited for before typing.
+    page.eval_on_selector("#submit-json", "area => { area.value = ''; }")
     page.click("#submit-json-box summary")
-    # Opening the box fills it with the form's request (a toggle event, after the click).
-    page.wait_for_function("document.querySelector('#submit-json').value.includes('sd1.5')")
+    page.wait_for_function("document.querySelector('#submit-json').value !== ''")
     page.fill("#submit-json", json.dumps(QUICK | {"stength": 0.5}))
     page.click("#submit-button")
     page.wait_for_selector("#submit-error:text('stength')")

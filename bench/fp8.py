@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import full_models  # noqa: E402
 import videos_texts  # noqa: E402
-from gpu import log, matmul_tflops  # noqa: E402
+from gpu import log, matmul_tflops, psnr  # noqa: E402
 
 from api.common.fp8 import FP8Linear, fp8_layers  # noqa: E402
 from api.common.models import Weights, building_models  # noqa: E402
@@ -115,7 +115,7 @@ def request(name: str, steps: int, images: Path) -> Callable[[Any], np.ndarray]:
         plate = Image.open(videos_texts.plate(images, case["width"], case["height"]))
 
         def video(pipe: Any) -> np.ndarray:
-            frames, _ = generate(
+            frames, _, _ = generate(
                 pipe,
                 plate,
                 videos_texts.PROMPT,
@@ -260,11 +260,6 @@ def layer_errors(denoiser: torch.nn.Module, calls: DenoiserCalls) -> dict[str, d
         for handle in handles:
             handle.remove()
     return errors
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    error = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
 
 
 def one_precision(

@@ -35,6 +35,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -350,6 +351,12 @@ def model_switch(models_dir: Path, data_dir: Path, out: Path, env: dict) -> dict
         }
     finally:
         server.stop()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two 8-bit arrays, in dB (inf when identical)."""
+    error = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
 
 
 def same_pixels(a: Path, b: Path) -> bool:

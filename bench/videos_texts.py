@@ -13,6 +13,7 @@ then, per model:
   peak GPU memory of each (plain: torch's counter; server: nvidia-smi, sampled).
 
     python bench/videos_texts.py --only ltx-video qwen-2.5-vl --out $OUT [--steps N]
+        [--step-cache 0.05 0.1]
 
 Wan's 50 steps at 832x480x81 take minutes a call: ``--steps`` times fewer (the same in (a)
 and (b), so the ratio holds). Writes <out>/<date>-<card>-videos-texts.json.
@@ -35,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import full_models  # noqa: E402
-from gpu import PeakMemory, Server, log  # noqa: E402
+from gpu import PeakMemory, Server, log, psnr  # noqa: E402
 
 PROMPT = "waves roll in under a grey sky, a lighthouse on the cliff, cinematic"
 NEGATIVE = "worst quality, blurry, jittery"
@@ -314,10 +315,20 @@ def plain_video(models_dir: Path, name: str, steps: int, out: Path) -> dict:
     }
 
 
-def server_video(server: Server, name: str, steps: int, out: Path) -> dict:
-    case = VIDEO_CASES[name]
+def server_video(
+    server: Server, name: str, steps: int, out: Path, step_caches: list[float]
+) -> dict:
+    """The server's first request (load + compile), then the timed one; then, on the same
+    warm server, the timed request again with each step_cache threshold: its time, how many
+    transformer calls reused the cache, and its frames' PSNR against the uncached frames
+    (random weights: how often the cache is reused differs on real weights)."""
+    from api.common.video import decode_mp4
 
-    def one(seed: int) -> float:
+    case = VIDEO_CASES[name]
+    last: dict = {}  # the last job's result
+
+    def one(seed: int, **extra: float) -> float:
+        suffix = "".join(f"-{key}{value}" for key, value in extra.items())
         body = {
             "model": name,
             "prompt": PROMPT,
@@ -328,26 +339,37 @@ def server_video(server: Server, name: str, steps: int, out: Path) -> dict:
             "num_frames": case["frames"],
             "num_inference_steps": steps,
             "seed": seed,
-            "output_video_path": str(out / f"api-{name}-{seed}.mp4"),
-        }
+            "output_video_path": str(out / f"api-{name}-{seed}{suffix}.mp4"),
+        } | extra
         t0 = time.perf_counter()
         job = server.http.post("/api/videos?wait=600", json=body).json()
         elapsed = time.perf_counter() - t0
         if job.get("status") != "succeeded":
             raise RuntimeError(f"job did not succeed: {job}")
-        server.last_timings = job["result"]["timings"]
+        last.update(job["result"])
         return elapsed
 
     with PeakMemory() as memory:
         first = one(0)
         times = [one(1)]
-    return {
+    result = {
         "first_request_s": first,
         "times_s": times,
         "median_s": statistics.median(times),
-        "server_timings_s": server.last_timings,
+        "server_timings_s": last["timings"],
         "peak_mib_card": memory.peak,
     }
+    uncached = decode_mp4(out / f"api-{name}-1.mp4")
+    for threshold in step_caches:
+        elapsed = one(1, step_cache=threshold)
+        frames = decode_mp4(out / f"api-{name}-1-step_cache{threshold}.mp4")
+        result.setdefault("step_cache", {})[str(threshold)] = {
+            "s": elapsed,
+            "ratio_vs_uncached": elapsed / result["median_s"],
+            "report": last["step_cache"],
+            "psnr_db_vs_uncached": psnr(frames, uncached),
+        }
+    return result
 
 
 def plain_text(models_dir: Path, out: Path) -> dict:
@@ -450,6 +472,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=list(BUILDERS))
     parser.add_argument("--steps", type=int, help="video steps (default: each model's 50)")
+    parser.add_argument(
+        "--step-cache",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also time the server's request with each of these step_cache thresholds",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {
@@ -490,7 +519,7 @@ def main() -> None:
             log(name, "plain", plain)
             server = Server(args.models_dir, args.data_dir, args.out)
             try:
-                api = server_video(server, name, steps, args.out)
+                api = server_video(server, name, steps, args.out, args.step_cache)
             finally:
                 server.stop()
             log(name, "server", api)

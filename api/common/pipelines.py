@@ -120,6 +120,63 @@ class CompileBudget:
             yield
 
 
+@dataclass
+class StepCacheCount:
+    """A step cache's decisions in one pipeline call: denoiser calls, and those that reused
+    the cached blocks."""
+
+    threshold: float
+    calls: int = 0
+    reused: int = 0
+
+
+@contextlib.contextmanager
+def step_cache(transformer: Any, threshold: float | None) -> Iterator[StepCacheCount | None]:
+    """First Block Cache (diffusers' ``FirstBlockCacheConfig``) on ``transformer`` for the
+    calls inside, counted; removed afterwards, so that a call without it runs exactly as
+    before. Nothing (None) without a threshold. The pipeline must name its denoiser calls
+    (``cache_context``), as the video pipelines that take it do. The hooks wrap the blocks'
+    ``forward``: blocks compiled by ``compile_blocks`` keep their compiled code inside."""
+    if not threshold:
+        yield None
+        return
+    from diffusers.hooks import FirstBlockCacheConfig
+    from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK
+
+    count = StepCacheCount(threshold)
+    transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+    try:
+        (head,) = (
+            hook
+            for module in transformer.modules()
+            if (hook := getattr(module, "_diffusers_hook", None)) is not None
+            and (hook := hook.get_hook(_FBC_LEADER_BLOCK_HOOK)) is not None
+        )
+        decide = head._should_compute_remaining_blocks
+
+        def counted(residual: Any) -> bool:
+            compute = bool(decide(residual))
+            count.calls += 1
+            count.reused += not compute
+            return compute
+
+        head._should_compute_remaining_blocks = counted
+        yield count
+    finally:
+        transformer.disable_cache()  # its hooks and their state go
+
+
+def compile_blocks(denoiser: Any) -> None:
+    """Regional compilation: each repeated block's ``forward`` compiled (one graph for all
+    of them), as diffusers' ``compile_repeated_blocks`` does with ``Module.compile``, but on
+    ``forward``, so that hooks (``step_cache``) can wrap the compiled code."""
+    import torch
+
+    for module in denoiser.modules():
+        if type(module).__name__ in denoiser._repeated_blocks:
+            module.forward = torch.compile(module.forward, fullgraph=True)
+
+
 def denoiser_of(pipe: Any) -> Any:
     """The pipeline's denoiser: its UNet or its transformer."""
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
@@ -162,7 +219,7 @@ def speed_up(pipe: Any, speed: Speed) -> None:
     if mode in ("full", "regional"):
         denoiser = denoiser_of(pipe)
         if mode == "regional" and getattr(denoiser, "_repeated_blocks", None):
-            denoiser.compile_repeated_blocks(fullgraph=True)
+            compile_blocks(denoiser)
         else:
             # Static shapes: each size its own graph, so a size always runs the same kernels
             # (no switch to a dynamic graph at the second size, which would round apart).

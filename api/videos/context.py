@@ -15,7 +15,7 @@ from api.common.media import open_image
 from api.common.names import did_you_mean
 from api.common.services import Services
 from api.videos.registry import VIDEO_MODELS, VideoMode, VideoModel, video_size
-from api.videos.schemas import ProviderTask, VideoRequest
+from api.videos.schemas import ProviderTask, StepCacheReport, VideoRequest
 
 # The frame number's place in output_frames_path: one run of '#', its length the padding.
 FRAME_NUMBER = re.compile(r"#+")
@@ -68,11 +68,12 @@ class VideoContext:
 @dataclass
 class Clip:
     """What a model run made: frames (uint8 RGB, (frames, height, width, 3)) to encode, or
-    an mp4 a provider made; and the provider's task, for a provider's."""
+    an mp4 a provider made; the provider's task, for a provider's; what step_cache did."""
 
     frames: np.ndarray | None = None
     mp4: bytes | None = None
     provider_task: ProviderTask | None = None
+    step_cache: StepCacheReport | None = None
 
 
 def build_context(request: VideoRequest, services: Services) -> VideoContext:

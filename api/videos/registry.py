@@ -46,6 +46,9 @@ class VideoModel:
     retired: str | None = None  # external: the day the provider retired it (it then refuses)
     max_seed: int = 2**63 - 1  # a provider may take less (Runway: 32 bits)
     max_prompt_chars: int = 10_000  # a provider may take less (Runway: 1000)
+    # step_cache: a transformer whose pipeline names its denoiser calls (diffusers' First
+    # Block Cache needs both)
+    step_cache: bool = False
 
     @property
     def frames_rule(self) -> str:
@@ -102,6 +105,7 @@ VIDEO_MODELS: dict[str, VideoModel] = {
             size_multiple=16,
             steps=50,
             guidance_scale=6.0,
+            step_cache=True,
         ),
         # LTX-Video 0.9 (diffusers' LTX docs and pipeline): 24 fps at 768x512, sizes multiples
         # of 32 (check_inputs), frames 8k+1 (VAE: 8 frames per latent), at most 257 (the
@@ -122,6 +126,7 @@ VIDEO_MODELS: dict[str, VideoModel] = {
             size_multiple=32,
             steps=50,
             guidance_scale=3.0,
+            step_cache=True,
         ),
         # Wan 2.1 I2V 14B 480P (diffusers' Wan pipeline and docs): 832x480, sizes multiples of
         # 16 (check_inputs: VAE 8 x patch 2), frames 4k+1 (the pipeline rounds others), 81 by
@@ -142,6 +147,7 @@ VIDEO_MODELS: dict[str, VideoModel] = {
             size_multiple=16,
             steps=50,
             guidance_scale=5.0,
+            step_cache=True,
         ),
         # Runway (external, through the runwayml SDK; models/runway.py has what Runway accepts):
         # clips of whole seconds at 24 fps (gen3a_turbo 5 or 10 s, gen4_turbo 2-10 s); the size

@@ -73,6 +73,16 @@ class VideoRequest(JobRequest):
         description="On CUDA: keep idle model parts on the CPU (slower, far less GPU memory; "
         "Wan 2.1 offloads layer by layer).",
     )
+    step_cache: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Faster, and the frames change (First Block Cache): the transformer's "
+        "first block runs every step; where its change to the latents differs from the last "
+        "fully computed step's by less than this fraction (mean relative difference), the "
+        "other blocks are skipped and their last change reused. 0.05-0.1 is typical; higher "
+        "skips more. Off when absent or 0. GET /api/models says which models take it.",
+    )
 
 
 class VideoOutput(BaseModel):
@@ -95,6 +105,15 @@ class ProviderTask(BaseModel):
     duration_seconds: int
 
 
+class StepCacheReport(BaseModel):
+    """What step_cache did: of the denoiser's calls (two a step with separate guidance calls),
+    how many reused the cached blocks."""
+
+    threshold: float
+    calls: int
+    reused: int
+
+
 class VideoResult(BaseModel):
     video: VideoOutput
     frame_paths: list[str] | None = Field(
@@ -106,6 +125,9 @@ class VideoResult(BaseModel):
     precision: Precision = None
     timings: dict[str, float]
     provider_task: ProviderTask | None = None
+    step_cache: StepCacheReport | None = Field(
+        None, description="With step_cache: how many denoiser calls it skipped."
+    )
 
 
 class FramesInfo(BaseModel):
@@ -120,6 +142,7 @@ class VideoModelInfo(ModelInfo):
 
     domain: Literal["videos"] = "videos"
     frames: FramesInfo
+    step_cache: bool = Field(False, description="Whether the model takes step_cache.")
 
 
 VideoJob = job_model("videos", "VideoJob", VideoRequest, VideoResult)

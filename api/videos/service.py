@@ -63,6 +63,7 @@ def describe_models(services: Services) -> list[VideoModelInfo]:
                     "num_inference_steps": default_steps(model, weights),
                     "guidance_scale": model.guidance_scale,
                 },
+                step_cache=model.step_cache,
                 frames=FramesInfo(
                     rule=model.frames_rule,
                     min=model.min_frames,
@@ -100,6 +101,7 @@ def run_video_job(services: Services, job: Job, context: JobContext) -> VideoRes
         precision=runtime.precision,
         timings={name: round(value, 4) for name, value in timings.items()},
         provider_task=clip.provider_task,
+        step_cache=clip.step_cache,
     )
 
 
@@ -118,6 +120,7 @@ def metadata(ctx: VideoContext, job: Job, runtime: ModelRuntime) -> dict[str, An
         "fps": ctx.fps,
         "num_inference_steps": None if ctx.model.external else request.num_inference_steps,
         "guidance_scale": None if ctx.model.external else request.guidance_scale,
+        "step_cache": request.step_cache or None,
         "width": ctx.width,
         "height": ctx.height,
         "input_image_path": request.input_image_path,

@@ -13,7 +13,7 @@ from api.common.models import Weights
 from api.common.schemas import JobRequest
 from api.common.services import Services
 from api.videos.context import FRAME_NUMBER, find_model, frame_path, mode_of
-from api.videos.registry import VideoModel, valid_frames
+from api.videos.registry import VIDEO_MODELS, VideoModel, valid_frames
 from api.videos.schemas import VideoRequest
 from api.videos.settings import video_settings
 
@@ -125,6 +125,12 @@ def validate_request(request: VideoRequest, services: Services) -> VideoRequest:
     elif not model.prompt and (request.prompt or request.negative_prompt):
         field = "prompt" if request.prompt else "negative_prompt"
         raise InvalidField(f"{field}: {model.name} takes no prompt (it animates the image)", field)
+    if request.step_cache and not model.step_cache:
+        raise InvalidField(
+            f"step_cache: {model.name} has no transformer blocks to skip; the models that take "
+            f"it: {', '.join(name for name, m in VIDEO_MODELS.items() if m.step_cache)}",
+            "step_cache",
+        )
     weights = None if model.external else services.find_weights(model.name, model.repo)
     requested = request.num_frames or default_frames(model, weights)
     try:

@@ -45,7 +45,7 @@ def test_generates_on_the_gpu(tiny_video_models: Path, name: str, mode: VideoMod
     image = Image.new("RGB", (64, 32), (200, 120, 40)) if mode == VideoMode.image_to_video else None
 
     def run(seed: int) -> np.ndarray:
-        frames, _ = generate(
+        frames, _, _ = generate(
             pipe,
             image,
             prompt="a lighthouse",
@@ -69,7 +69,8 @@ def test_generates_on_the_gpu(tiny_video_models: Path, name: str, mode: VideoMod
 @pytest.mark.parametrize("model", ["ltx-video", "wan-2.1"])
 def test_through_the_server_with_the_default_compile(make_settings, workspace: Path, model: str):
     """The server's defaults on CUDA (DD_COMPILE=auto: the transformer's blocks compiled):
-    a job succeeds, and the same seed gives the same frames again."""
+    a job succeeds, and the same seed gives the same frames again; with step_cache around
+    the compiled blocks too, and a plain request after it gives the same frames again."""
     from fastapi.testclient import TestClient
 
     from api.common.video import decode_mp4
@@ -79,8 +80,10 @@ def test_through_the_server_with_the_default_compile(make_settings, workspace: P
     plate = write_image(workspace / "plate.png", (96, 64))
     body = {"model": model, "prompt": "x", "input_image_path": str(plate), "seed": 2}
     with TestClient(create_app(make_settings(), devices=[DEVICE])) as client:
-        jobs = [client.post("/api/videos?wait=600", json=body).json() for _ in range(2)]
+        bodies = [body, body, body | {"step_cache": 1.0}, body]
+        jobs = [client.post("/api/videos?wait=600", json=b).json() for b in bodies]
         for job in jobs:
             assert job["status"] == "succeeded", job["error"]
         frames = [decode_mp4(client.get(job["result"]["video"]["url"]).content) for job in jobs]
-    assert np.array_equal(frames[0], frames[1])
+    assert np.array_equal(frames[0], frames[1]) and np.array_equal(frames[0], frames[3])
+    assert jobs[2]["result"]["step_cache"]["calls"] > 0

@@ -105,6 +105,22 @@ def test_same_seed_same_frames_other_seed_other_frames(client: TestClient, works
     assert not np.array_equal(first, frames(6))
 
 
+def test_step_cache_through_the_server(client: TestClient, workspace: Path):
+    """step_cache: the result says how many transformer calls reused the cached blocks, the
+    mp4's metadata records the threshold (a re-run repeats it), and the frames repeat."""
+    body = video_request(workspace, "wan-2.1", num_inference_steps=4, step_cache=1.0)
+    jobs = [run(client, body) for _ in range(2)]
+    report = jobs[0]["result"]["step_cache"]
+    assert report["threshold"] == 1.0 and report["calls"] == 8  # 4 steps, with and without
+    assert 0 < report["reused"] < 8 and jobs[1]["result"]["step_cache"] == report
+    clips = [decode_mp4(client.get(job["result"]["video"]["url"]).content) for job in jobs]
+    assert np.array_equal(clips[0], clips[1])
+    mp4 = client.get(jobs[0]["result"]["video"]["url"]).content
+    assert probe_mp4(mp4).metadata["step_cache"] == 1.0
+    plain = run(client, video_request(workspace, "wan-2.1", num_inference_steps=4))
+    assert plain["result"]["step_cache"] is None
+
+
 def test_listed_with_their_rules(client: TestClient):
     models = {m["name"]: m for m in client.get("/api/models").json() if m["domain"] == "videos"}
     assert set(models) == set(VIDEO_MODELS)
@@ -113,6 +129,11 @@ def test_listed_with_their_rules(client: TestClient):
     assert ltx["frames"] == {"rule": "8k+1", "min": 9, "max": 257, "default": 161}
     assert ltx["defaults"]["fps"] == 24 and ltx["weights"]["tiny"] is True
     assert models["wan-2.1"]["modes"] == ["image_to_video"]
+    assert {name for name, m in models.items() if m["step_cache"]} == {
+        "cogvideox",
+        "ltx-video",
+        "wan-2.1",
+    }
     assert models["runway-gen4-turbo"]["available"] is False
     assert "RUNWAYML_API_SECRET" in models["runway-gen4-turbo"]["reason"]
     assert "retired" in models["runway-gen3a-turbo"]["reason"]
@@ -132,6 +153,12 @@ def test_listed_with_their_rules(client: TestClient):
         ({"output_frames_path": "OUT/frames/plate.png"}, "output_frames_path", "run of '#'"),
         ({"output_frames_path": "OUT/frames/a.##.b.##.png"}, "output_frames_path", "has 2"),
         ({"model": "stable-video-diffusion", "prompt": "x"}, "prompt", "takes no prompt"),
+        (
+            {"model": "stable-video-diffusion", "prompt": "", "step_cache": 0.1},
+            "step_cache",
+            "no transformer",
+        ),
+        ({"step_cache": 2}, "step_cache", "less than or equal to 1"),
         ({"model": "runway-gen4-turbo"}, "model", "RUNWAYML_API_SECRET"),
         ({"model": "runway-gen3a-turbo"}, "model", "retired"),
     ],

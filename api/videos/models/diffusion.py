@@ -24,10 +24,20 @@ from diffusers import (
 from PIL import Image
 
 from api.common.models import CacheKey, Weights
-from api.common.pipelines import Speed, compile_mode, load_pipeline, precision_of, use_fp8
+from api.common.pipelines import (
+    Speed,
+    StepCacheCount,
+    compile_blocks,
+    compile_mode,
+    load_pipeline,
+    precision_of,
+    step_cache,
+    use_fp8,
+)
 from api.common.runtime import ModelRuntime
 from api.videos.context import Clip, VideoContext
 from api.videos.registry import VideoMode, VideoModel
+from api.videos.schemas import StepCacheReport
 
 Progress = Callable[[int, int], None]
 
@@ -148,15 +158,16 @@ def load(
 
 def compile_transformer_blocks(pipe: DiffusionPipeline, speed: Speed) -> None:
     """DD_COMPILE for the video transformers that name their repeated blocks (LTX-Video, Wan):
-    those blocks compiled once each (regional; ``full`` compiles the same here: a whole video
-    transformer would recompile for every frame count). Others run eager."""
+    those blocks compiled (regional; ``full`` compiles the same here: a whole video
+    transformer would recompile for every frame count, and step_cache wraps the blocks).
+    Others run eager."""
     transformer = getattr(pipe, "transformer", None)
     if (
         transformer is not None
         and compile_mode(speed) != "off"
         and getattr(transformer, "_repeated_blocks", None)
     ):
-        transformer.compile_repeated_blocks(fullgraph=True)
+        compile_blocks(transformer)
 
 
 def _has_variant(model: VideoModel, weights: Weights) -> bool:
@@ -191,12 +202,14 @@ def generate(
     seed: int,
     fps: float,
     progress: Progress,
-) -> tuple[np.ndarray, dict[str, float]]:
+    cache_threshold: float | None = None,
+) -> tuple[np.ndarray, dict[str, float], StepCacheCount | None]:
     """Run the pipeline: image→video from ``image`` (resized to width x height), text→video
     without one. ``frames`` must be a valid count for the model (registry.valid_frames).
     ``progress(step, total)`` is called after each denoising step; an exception it raises
-    (a cancelled job) stops the run and propagates. Returns the frames as uint8 RGB
-    (frames, height, width, 3) and the timings."""
+    (a cancelled job) stops the run and propagates. ``cache_threshold``: step_cache on the
+    transformer for this call. Returns the frames as uint8 RGB (frames, height, width, 3),
+    the timings and what the step cache did."""
     started = time.perf_counter()
     accepted = inspect.signature(pipe.__call__).parameters
 
@@ -230,9 +243,10 @@ def generate(
             arguments[rate] = fps
     if "decode_chunk_size" in accepted:
         arguments["decode_chunk_size"] = SVD_DECODE_CHUNK_FRAMES
-    video = pipe(**arguments).frames[0]  # (frames, channels, height, width) in [0, 1]
+    with step_cache(getattr(pipe, "transformer", None), cache_threshold) as cached:
+        video = pipe(**arguments).frames[0]  # (frames, channels, height, width) in [0, 1]
     pixels = (video.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return pixels, {"inference_s": time.perf_counter() - started}
+    return pixels, {"inference_s": time.perf_counter() - started}, cached
 
 
 def run(ctx: VideoContext, runtime: ModelRuntime) -> tuple[Clip, dict[str, float]]:
@@ -251,7 +265,7 @@ def run(ctx: VideoContext, runtime: ModelRuntime) -> tuple[Clip, dict[str, float
     runtime.precision = precision_of(pipe)
     loaded_at = time.perf_counter()
     assert request.num_inference_steps is not None and request.guidance_scale is not None
-    frames, timings = generate(
+    frames, timings, cached = generate(
         pipe,
         ctx.image,
         request.prompt,
@@ -264,5 +278,7 @@ def run(ctx: VideoContext, runtime: ModelRuntime) -> tuple[Clip, dict[str, float
         ctx.seed,
         ctx.fps,
         runtime.progress,
+        request.step_cache,
     )
-    return Clip(frames=frames), {"load_s": loaded_at - started} | timings
+    report = None if cached is None else StepCacheReport(**vars(cached))
+    return Clip(frames=frames, step_cache=report), {"load_s": loaded_at - started} | timings

@@ -16,7 +16,18 @@ then, per model:
         [--step-cache 0.05 0.1]
 
 Wan's 50 steps at 832x480x81 take minutes a call: ``--steps`` times fewer (the same in (a)
-and (b), so the ratio holds). Writes <out>/<date>-<card>-videos-texts.json.
+and (b), so the ratio holds), or ``--stages`` splits the run over calls on one machine,
+adding to one report (``--report``; default <out>/<date>-<card>-videos-texts.json), e.g.
+
+    python bench/videos_texts.py --only wan-2.1 --stages build plain --out $OUT
+    python bench/videos_texts.py --only wan-2.1 --stages server --out $OUT
+    python bench/videos_texts.py --only wan-2.1 --stages server --config fp8 \
+        --env DD_PRECISION=fp8 --out $OUT
+    python bench/videos_texts.py --only wan-2.1 --stages server --step-cache 0.1 --out $OUT
+
+Warm-up calls (plain, and the server's first request) make WARM_UP_STEPS steps; the timed
+call is one call (minutes for Wan). The report has each server configuration's time
+against plain's under ``ratios_api_vs_plain``.
 """
 
 from __future__ import annotations
@@ -25,7 +36,6 @@ import argparse
 import gc
 import json
 import platform
-import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -46,6 +56,9 @@ VIDEO_CASES = {
     "wan-2.1": {"width": 832, "height": 480, "frames": 81, "steps": 50, "fps": 16},
 }
 ANSWER_TOKENS = 256
+# The warm-up call's steps, plain and through the server (loading and compiling are the
+# same at any count; Wan's 50 steps take minutes)
+WARM_UP_STEPS = 2
 BF16 = torch.bfloat16
 
 
@@ -289,7 +302,7 @@ def plain_video(models_dir: Path, name: str, steps: int, out: Path) -> dict:
     load_s = time.perf_counter() - started
     image = Image.open(plate(out, case["width"], case["height"]))
 
-    def one(seed: int) -> float:
+    def one(seed: int, steps: int) -> float:
         t0 = time.perf_counter()
         video = pipe(
             image=image,
@@ -304,31 +317,27 @@ def plain_video(models_dir: Path, name: str, steps: int, out: Path) -> dict:
         save_mp4(video, out / f"plain-{name}-{seed}.mp4", case["fps"])
         return time.perf_counter() - t0
 
-    one(0)
-    times = [one(1)]
+    one(0, WARM_UP_STEPS)  # every kernel once (a step is the same at any count)
+    seconds = one(1, steps)  # one timed call: minutes each
     peak = torch.cuda.max_memory_allocated() / 2**20
-    return {
-        "load_s": load_s,
-        "times_s": times,
-        "median_s": statistics.median(times),
-        "peak_mib": peak,
-    }
+    return {"load_s": load_s, "median_s": seconds, "peak_mib": peak}
 
 
 def server_video(
-    server: Server, name: str, steps: int, out: Path, step_caches: list[float]
+    server: Server, name: str, steps: int, out: Path, step_caches: list[float] | None = None
 ) -> dict:
-    """The server's first request (load + compile), then the timed one; then, on the same
-    warm server, the timed request again with each step_cache threshold: its time, how many
-    transformer calls reused the cache, and its frames' PSNR against the uncached frames
-    (random weights: how often the cache is reused differs on real weights)."""
+    """The server's first request (load + compile, WARM_UP_STEPS steps), then the timed one;
+    with ``step_caches``, instead of the timed one, the timed request with each step_cache
+    threshold: its time, how many transformer calls reused the cache, and its frames' PSNR
+    against the uncached frames of an earlier server stage (random weights: how often the
+    cache is reused differs on real weights)."""
     from api.common.video import decode_mp4
 
     case = VIDEO_CASES[name]
     last: dict = {}  # the last job's result
 
-    def one(seed: int, **extra: float) -> float:
-        suffix = "".join(f"-{key}{value}" for key, value in extra.items())
+    def one(seed: int, steps: int, step_cache: float | None = None) -> float:
+        suffix = f"-step_cache{step_cache}" if step_cache else ""
         body = {
             "model": name,
             "prompt": PROMPT,
@@ -339,8 +348,9 @@ def server_video(
             "num_frames": case["frames"],
             "num_inference_steps": steps,
             "seed": seed,
+            "step_cache": step_cache,
             "output_video_path": str(out / f"api-{name}-{seed}{suffix}.mp4"),
-        } | extra
+        }
         t0 = time.perf_counter()
         job = server.http.post("/api/videos?wait=600", json=body).json()
         elapsed = time.perf_counter() - t0
@@ -350,26 +360,22 @@ def server_video(
         return elapsed
 
     with PeakMemory() as memory:
-        first = one(0)
-        times = [one(1)]
-    result = {
-        "first_request_s": first,
-        "times_s": times,
-        "median_s": statistics.median(times),
-        "server_timings_s": last["timings"],
-        "peak_mib_card": memory.peak,
-    }
-    uncached = decode_mp4(out / f"api-{name}-1.mp4")
-    for threshold in step_caches:
-        elapsed = one(1, step_cache=threshold)
-        frames = decode_mp4(out / f"api-{name}-1-step_cache{threshold}.mp4")
-        result.setdefault("step_cache", {})[str(threshold)] = {
-            "s": elapsed,
-            "ratio_vs_uncached": elapsed / result["median_s"],
-            "report": last["step_cache"],
-            "psnr_db_vs_uncached": psnr(frames, uncached),
-        }
-    return result
+        result: dict = {"first_request_s": one(0, WARM_UP_STEPS)}
+        result["first_request_steps"] = WARM_UP_STEPS
+        if not step_caches:
+            result["median_s"] = one(1, steps)  # one timed request: minutes each
+        uncached = out / f"api-{name}-1.mp4"  # from this or an earlier server stage
+        for threshold in step_caches or []:
+            elapsed = one(1, steps, threshold)
+            cached = out / f"api-{name}-1-step_cache{threshold}.mp4"
+            result[str(threshold)] = {
+                "s": elapsed,
+                "report": last["step_cache"],
+                "psnr_db_vs_uncached": (
+                    psnr(decode_mp4(cached), decode_mp4(uncached)) if uncached.is_file() else None
+                ),
+            }
+    return result | {"server_timings_s": last["timings"], "peak_mib_card": memory.peak}
 
 
 def plain_text(models_dir: Path, out: Path) -> dict:
@@ -465,6 +471,9 @@ def server_text(server: Server, out: Path) -> dict:
     }
 
 
+STAGES = ("build", "plain", "server")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/dd-models"))
@@ -473,68 +482,101 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=list(BUILDERS))
     parser.add_argument("--steps", type=int, help="video steps (default: each model's 50)")
     parser.add_argument(
+        "--stages",
+        nargs="*",
+        default=list(STAGES),
+        choices=STAGES,
+        help="what to run (Wan's 50 steps don't fit one 10-minute call: later stages add to "
+        "the report the earlier ones wrote, see --report)",
+    )
+    parser.add_argument("--report", type=Path, help="the report to write or add to")
+    parser.add_argument(
+        "--config", default="default", help="the server stage's name for its settings (--env)"
+    )
+    parser.add_argument(
+        "--env", nargs="*", default=[], help="the server's settings, e.g. DD_PRECISION=fp8"
+    )
+    parser.add_argument(
         "--step-cache",
         type=float,
         nargs="*",
         default=[],
-        help="also time the server's request with each of these step_cache thresholds",
+        help="the server stage times its request with each of these step_cache thresholds "
+        "(instead of without)",
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict = {
-        "card": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "matmul_bf16_tflops": full_models_matmul(),
-    }
+    card = torch.cuda.get_device_name()
+    slug = card.split()[1].lower()  # "NVIDIA H100 80GB HBM3" → h100
+    path = args.report or args.out / f"{datetime.now(UTC):%Y-%m-%d}-{slug}-videos-texts.json"
+    report: dict = json.loads(path.read_text()) if path.is_file() else {}
+    if report.get("card", card) != card:
+        raise SystemExit(f"{path} was measured on {report['card']}, not {card}")
+    report |= {"card": card, "torch": torch.__version__, "python": platform.python_version()}
+    report.setdefault("date", datetime.now(UTC).isoformat(timespec="seconds"))
+    env = dict(setting.split("=", 1) for setting in args.env)
+
+    def save() -> None:  # after every stage, so a run cut short still leaves its figures
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
     for name in args.only:
-        folder = args.models_dir / name
-        started = time.perf_counter()
-        if not (folder / "model_index.json").is_file() and not (folder / "config.json").is_file():
-            BUILDERS[name](folder)
-        torch.cuda.empty_cache()
-        log(name, "built in", round(time.perf_counter() - started, 1), "s")
-        if name == "qwen-2.5-vl":
-            plain = plain_text(args.models_dir, args.out)
-            gc.collect()  # the plain model gone: the server gets the card
+        entry = report.setdefault(name, {})
+        if "build" in args.stages:
+            folder = args.models_dir / name
+            started = time.perf_counter()
+            if not any((folder / f).is_file() for f in ("model_index.json", "config.json")):
+                BUILDERS[name](folder)
             torch.cuda.empty_cache()
-            log(name, "plain", plain)
-            server = Server(args.models_dir, args.data_dir, args.out)
-            try:
-                api = server_text(server, args.out)
-            finally:
-                server.stop()
-            log(name, "server", api)
-            report[name] = {
-                "plain": plain,
-                "server": api,
-                "tokens_per_s_ratio_api_vs_plain": api["tokens_per_s"] / plain["tokens_per_s"],
-            }
+            log(name, "built in", round(time.perf_counter() - started, 1), "s")
+            report.setdefault("matmul_bf16_tflops", full_models_matmul())
+        if name == "qwen-2.5-vl":
+            if "plain" in args.stages:
+                entry["plain"] = plain_text(args.models_dir, args.out)
+                gc.collect()  # the plain model gone: the server gets the card
+                torch.cuda.empty_cache()
+                save()
+            if "server" in args.stages:
+                server = Server(args.models_dir, args.data_dir, args.out, **env)
+                try:
+                    entry.setdefault("server", {})[args.config] = server_text(server, args.out)
+                finally:
+                    server.stop()
         else:
             steps = args.steps or VIDEO_CASES[name]["steps"]
-            plain = plain_video(args.models_dir, name, steps, args.out)
-            gc.collect()  # the plain pipeline (in reference cycles) gone: the server gets the card
-            torch.cuda.empty_cache()
-            log(name, "plain", plain)
-            server = Server(args.models_dir, args.data_dir, args.out)
-            try:
-                api = server_video(server, name, steps, args.out, args.step_cache)
-            finally:
-                server.stop()
-            log(name, "server", api)
-            report[name] = {
-                "steps": steps,
-                "plain": plain,
-                "server": api,
-                "ratio_api_vs_plain": api["median_s"] / plain["median_s"],
-            }
-        (args.out / f"{name}.json").write_text(json.dumps(report[name], indent=2))
-    card = report["card"].split()[1].lower()  # "NVIDIA H100 80GB HBM3" → h100
-    day = datetime.now(UTC).strftime("%Y-%m-%d")
-    path = args.out / f"{day}-{card}-videos-texts.json"
-    path.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+            if entry.setdefault("steps", steps) != steps:
+                raise SystemExit(f"{path} has {name} at {entry['steps']} steps, not {steps}")
+            if "plain" in args.stages:
+                entry["plain"] = plain_video(args.models_dir, name, steps, args.out)
+                gc.collect()  # the plain pipeline (in reference cycles) gone
+                torch.cuda.empty_cache()
+                save()
+            if "server" in args.stages:
+                config = args.config + ("-step-cache" if args.step_cache else "")
+                server = Server(args.models_dir, args.data_dir, args.out, **env)
+                try:
+                    measured = server_video(server, name, steps, args.out, args.step_cache)
+                finally:
+                    server.stop()
+                entry.setdefault("server", {})[config] = measured | {"env": env}
+        entry["ratios_api_vs_plain"] = ratios(entry)
+        log(name, json.dumps(entry, indent=2))
+        save()
+    log("wrote", path)
+
+
+def ratios(entry: dict) -> dict[str, float]:
+    """Each server configuration's time (tokens per second for Qwen) against plain's."""
+    plain = entry.get("plain")
+    found: dict[str, float] = {}
+    for config, measured in entry.get("server", {}).items() if plain else ():
+        if "tokens_per_s" in measured:
+            found[config] = measured["tokens_per_s"] / plain["tokens_per_s"]
+        if "median_s" in measured:
+            found[config] = measured["median_s"] / plain["median_s"]
+        for threshold, cached in measured.items():
+            if isinstance(cached, dict) and "report" in cached:
+                found[f"{config} {threshold}"] = cached["s"] / plain["median_s"]
+    return found
 
 
 def full_models_matmul() -> float:

@@ -90,6 +90,12 @@ def compile_mode(speed: Speed) -> str:
 # sizes, this many at most (each takes minutes the first time, ~20 s from the disk cache).
 FULL_COMPILES = 2
 
+# Modules compiled whole (Module.compile) all share one Dynamo cache, that of nn.Module's
+# call, whose default limit (8 graphs) would fail the ninth under fullgraph: a third model
+# at two sizes (a denoiser and a VAE decoder each). CompileBudget bounds each model's
+# graphs; this bounds them all.
+COMPILED_GRAPHS = 256
+
 
 class CompileBudget:
     """When a model compiled whole (``full``) may compile again: only for plain requests
@@ -177,6 +183,18 @@ def compile_blocks(denoiser: Any) -> None:
             module.forward = torch.compile(module.forward, fullgraph=True)
 
 
+def compile_whole(module: Any) -> None:
+    """``module`` compiled whole: one static graph per input shape (each size its own graph,
+    so a size always runs the same kernels: no switch to a dynamic graph at the second size,
+    which would round apart), room for every model's graphs (COMPILED_GRAPHS)."""
+    import torch._dynamo.config
+
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, COMPILED_GRAPHS)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, COMPILED_GRAPHS)
+    module.compile(fullgraph=True, dynamic=False)
+
+
 def denoiser_of(pipe: Any) -> Any:
     """The pipeline's denoiser: its UNet or its transformer."""
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
@@ -221,11 +239,9 @@ def speed_up(pipe: Any, speed: Speed) -> None:
         if mode == "regional" and getattr(denoiser, "_repeated_blocks", None):
             compile_blocks(denoiser)
         else:
-            # Static shapes: each size its own graph, so a size always runs the same kernels
-            # (no switch to a dynamic graph at the second size, which would round apart).
-            denoiser.compile(fullgraph=True, dynamic=False)
+            compile_whole(denoiser)
             if mode == "full":
-                pipe.vae.decoder.compile(fullgraph=True, dynamic=False)
+                compile_whole(pipe.vae.decoder)
     log.info(
         "%s: compile=%s channels_last=%s fp8=%s",
         type(pipe).__name__,

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 log = logging.getLogger("api.speed")
 
@@ -102,11 +102,24 @@ class CompileBudget:
     (no LoRAs, ControlNets or IP-Adapters), FULL_COMPILES times. Any other call runs the
     compiled code where its guards hold and eagerly where they don't, instead of stopping
     for minutes to compile a graph for one request (a LoRA, a ControlNet, a third size).
-    Other modes compile as torch.compile does (regional blocks recompile in seconds)."""
+    Other modes compile as torch.compile does (regional blocks recompile in seconds).
+    One budget per model and device in a process (``of``): Dynamo keeps a model's graphs
+    when it is unloaded, and uses them again when it is loaded again, so its count outlives
+    a load."""
+
+    _of_model: ClassVar[dict[tuple[str, str], CompileBudget]] = {}
 
     def __init__(self, mode: str) -> None:
         self.full = mode == "full"
         self.compiles = 0
+
+    @classmethod
+    def of(cls, model: str, device: str, mode: str) -> CompileBudget:
+        """The budget of ``model`` (its name) on ``device`` in this process, in ``mode``."""
+        budget = cls._of_model.get((model, device))
+        if budget is None or budget.full != (mode == "full"):
+            budget = cls._of_model[model, device] = cls(mode)
+        return budget
 
     @contextlib.contextmanager
     def calling(self, plain: bool) -> Iterator[None]:

@@ -274,7 +274,9 @@ def load_model(
         speed_up(pipe, speed)
     pipe.set_progress_bar_config(disable=True)
     prompts = PromptCache(prompt_cache)
-    compiling = CompileBudget(compile_mode(speed) if on_gpu and not low_vram else "off")
+    compiling = CompileBudget.of(
+        model.name, device, compile_mode(speed) if on_gpu and not low_vram else "off"
+    )
     pipelines = {base_mode: prompts.attach(pipe)}
     return LoadedModel(pipe, base_mode, device, prompts, compiling, pipelines)
 

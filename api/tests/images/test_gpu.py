@@ -104,3 +104,21 @@ def test_a_model_compiled_whole_stops_compiling_after_its_first_sizes(make_setti
         run(128)
         run(64, loras=[{"name": "tiny-sdxl", "scale": 1.0}])
         assert graphs() == compiled
+
+
+@pytest.mark.parametrize("ram", ["0", "50%"], ids=["reloaded", "kept-in-ram"])
+def test_switching_back_makes_the_same_pixels_on_the_gpu(make_settings, ram: str):
+    """One model at a time on the card, compiled as by default: sdxl → flux → sdxl → flux,
+    each unloaded and loaded again, or kept in RAM and moved back (DD_UNLOADED_MODELS_RAM):
+    the same request makes the same pixels after switching back."""
+    settings = make_settings(max_loaded_models=1, unloaded_models_ram=ram)
+    with TestClient(create_app(settings, devices=["cuda:0"])) as client:
+
+        def run(model: str) -> np.ndarray:
+            job = client.post("/api/images?wait=600", json=QUICK | {"model": model}).json()
+            assert job["status"] == "succeeded", job["error"]
+            return np.asarray(decode(client.get(job["result"]["images"][0]["url"]).content))
+
+        first = {model: run(model) for model in ("sdxl", "flux-schnell")}
+        for model in ("sdxl", "flux-schnell"):
+            assert np.array_equal(run(model), first[model]), model

@@ -49,6 +49,9 @@ class VideoModel:
     # step_cache: a transformer whose pipeline names its denoiser calls (diffusers' First
     # Block Cache needs both)
     step_cache: bool = False
+    # optimize_low_vram offloads groups of layers, streamed onto the GPU in the order of the
+    # first call, rather than whole models (a model that doesn't fit a 24 GB card even alone)
+    offload_layers: bool = False
 
     @property
     def frames_rule(self) -> str:
@@ -148,6 +151,7 @@ VIDEO_MODELS: dict[str, VideoModel] = {
             steps=50,
             guidance_scale=5.0,
             step_cache=True,
+            offload_layers=True,
         ),
         # Runway (external, through the runwayml SDK; models/runway.py has what Runway accepts):
         # clips of whole seconds at 24 fps (gen3a_turbo 5 or 10 s, gen4_turbo 2-10 s); the size

@@ -131,6 +131,13 @@ def validate_request(request: VideoRequest, services: Services) -> VideoRequest:
             f"it: {', '.join(name for name, m in VIDEO_MODELS.items() if m.step_cache)}",
             "step_cache",
         )
+    if request.step_cache and request.optimize_low_vram and model.offload_layers:
+        raise InvalidField(
+            f"step_cache: not with optimize_low_vram on {model.name}, whose layers are then "
+            "streamed onto the GPU in the order of a full step, which a cached step breaks; "
+            "ask for one or the other",
+            "step_cache",
+        )
     weights = None if model.external else services.find_weights(model.name, model.repo)
     requested = request.num_frames or default_frames(model, weights)
     try:

@@ -159,6 +159,7 @@ def test_listed_with_their_rules(client: TestClient):
             "no transformer",
         ),
         ({"step_cache": 2}, "step_cache", "less than or equal to 1"),
+        ({"step_cache": 0.1, "optimize_low_vram": True}, "step_cache", "not with optimize_low"),
         ({"model": "runway-gen4-turbo"}, "model", "RUNWAYML_API_SECRET"),
         ({"model": "runway-gen3a-turbo"}, "model", "retired"),
     ],

@@ -49,13 +49,12 @@ SVD_DECODE_CHUNK_FRAMES = 8
 @dataclass(frozen=True)
 class Family:
     """How a family loads: its pipeline class per mode (the first loads the weights, the
-    others share its components), the components kept in float32 on the GPU (as diffusers'
-    docs load them), and whether optimize_low_vram offloads groups of layers rather than
-    whole models (a model that doesn't fit a 24 GB card even alone)."""
+    others share its components) and the components kept in float32 on the GPU (as
+    diffusers' docs load them). (Whether optimize_low_vram offloads layers rather than whole
+    models is the registry's ``offload_layers``.)"""
 
     pipelines: dict[VideoMode, type[DiffusionPipeline]]
     float32: tuple[str, ...] = ()
-    group_offload: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -69,7 +68,6 @@ FAMILIES: dict[str, Family] = {
     "wan": Family(
         {VideoMode.image_to_video: WanImageToVideoPipeline},
         float32=("vae", "image_encoder"),
-        group_offload=True,
     ),
 }
 
@@ -137,7 +135,7 @@ def load(
         for feature in ("tiling", "slicing"):  # only VAEs that implement it have the switch
             if hasattr(pipe.vae, f"use_{feature}"):
                 getattr(pipe.vae, f"enable_{feature}")()
-    if on_gpu and low_vram and family.group_offload:
+    if on_gpu and low_vram and model.offload_layers:
         # Layer by layer, the next one copied in while the current one runs (diffusers'
         # memory guide for Wan 14B); the small VAE stays on the GPU.
         pipe.enable_group_offload(

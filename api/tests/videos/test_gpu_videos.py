@@ -1,6 +1,6 @@
 """CUDA paths of the video models on their tiny weights: bf16 straight onto the GPU, VAE
-tiling, Wan's float32 VAE and image encoder, and optimize_low_vram (model offload; group
-offload for Wan)."""
+tiling, Wan's float32 VAE and image encoder, optimize_low_vram (model offload; group
+offload for Wan), step_cache."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def test_generates_on_the_gpu(tiny_video_models: Path, name: str, mode: VideoMod
         assert denoiser.device == torch.device(DEVICE)
     image = Image.new("RGB", (64, 32), (200, 120, 40)) if mode == VideoMode.image_to_video else None
 
-    def run(seed: int) -> np.ndarray:
-        frames, _, _ = generate(
+    def run(seed: int, step_cache: float | None = None) -> np.ndarray:
+        frames, _, cached = generate(
             pipe,
             image,
             prompt="a lighthouse",
@@ -58,12 +58,19 @@ def test_generates_on_the_gpu(tiny_video_models: Path, name: str, mode: VideoMod
             seed=seed,
             fps=model.fps,
             progress=lambda step, total: None,
+            cache_threshold=step_cache,
         )
+        assert (cached is None) == (step_cache is None)
         return frames
 
     first = run(3)
     assert first.shape == (model.min_frames, 32, 64, 3)
     assert np.array_equal(first, run(3))
+    # step_cache where the server takes it (with optimize_low_vram too, but for Wan's layers)
+    if model.step_cache and not (low_vram and model.offload_layers):
+        cached = run(3, step_cache=1.0)
+        assert np.array_equal(cached, run(3, step_cache=1.0))
+        assert np.array_equal(first, run(3))
 
 
 @pytest.mark.parametrize("model", ["ltx-video", "wan-2.1"])

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from api import __version__
 from api.common import router as common
 from api.common.datadir import lock_data_dir, unlock_data_dir
-from api.common.devices import check_precision, compute_devices
+from api.common.devices import check_precision, compute_devices, preload
 from api.common.domain import Domain
 from api.common.errors import error_responses
 from api.common.http import BodyLimit, body_limit, install_docs, install_error_handlers
@@ -44,8 +44,9 @@ def job_functions(
     services: Services, domains: Sequence[Domain] | None = None
 ) -> tuple[dict[str, JobHandler], Callable[[str], None] | None]:
     """The job handler of each kind, and what a runner does for its device before its first
-    job (each domain's warm-up; None when none has anything to warm up). A device's worker
-    process (common.jobs.process) calls this too, with the registered domains."""
+    job (DD_PRELOAD's imports, then each domain's warm-up; None when there is nothing to
+    do). A device's worker process (common.jobs.process) and a Celery worker call this too,
+    with the registered domains."""
     if domains is None:
         from api.domains import DOMAINS
 
@@ -54,6 +55,9 @@ def job_functions(
         domain.kind: functools.partial(_run, domain, services) for domain in domains
     }
     warm_ups = [warm for domain in domains if domain.warm_up and (warm := domain.warm_up(services))]
+    modules = [name for domain in domains for name in domain.model_modules]
+    if services.settings.preload and modules:
+        warm_ups.insert(0, functools.partial(preload, modules))
     if not warm_ups:
         return handlers, None
 

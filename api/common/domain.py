@@ -98,6 +98,9 @@ class Domain:
     # Before a runner's first job: what loads (and compiles) what the settings ask on the
     # runner's device, or None when they ask nothing.
     warm_up: Callable[[Services], Callable[[str], None] | None] | None = None
+    # The modules that run its local models (they import torch, diffusers, transformers):
+    # imported as a runner starts (DD_PRELOAD), not by its first job.
+    model_modules: tuple[str, ...] = ()
     # python -m api tiny-models: the names it writes, and the builder (imports lazily).
     tiny_model_names: tuple[str, ...] = ()
     build_tiny_models: Callable[[Path, list[str] | None], list[str]] | None = None

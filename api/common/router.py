@@ -141,7 +141,10 @@ class Health(BaseModel):
     version: str
     devices: list[DeviceInfo] = Field(description="The devices this process runs jobs on.")
     queue: QueueDepth
-    warming_up: list[str] = Field(description="Devices still loading their DD_WARMUP models.")
+    warming_up: list[str] = Field(
+        description="Devices still getting ready for their first job: importing the model "
+        "libraries (DD_PRELOAD), loading their DD_WARMUP models."
+    )
     warning: str | None = Field(None, description="Set when tiny random weights are served.")
     broker: str | None = Field(
         None, description="Distributed (DD_BROKER_URL): the broker, its password masked."

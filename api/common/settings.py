@@ -131,6 +131,12 @@ class ServerSettings(BaseSettings):
         description="download missing weights from Hugging Face (HF_HUB_OFFLINE=1 also stops "
         "downloads)",
     )
+    preload: bool = Field(
+        True,
+        description="as the server starts, in the background, each device's runner imports "
+        "the model libraries (torch, diffusers, transformers) and opens its GPU, so that the "
+        "first job doesn't wait for them (seconds); /health lists the devices still at it",
+    )
     max_loaded_models: int = Field(
         6, ge=1, description="models kept loaded per device (least recently used unloaded first)"
     )

@@ -29,6 +29,7 @@ IMAGES = Domain(
     settings=ImageSettings,
     check_settings=check_settings,
     warm_up=service.warm_up,
+    model_modules=("api.images.models.diffusion",),
     tiny_model_names=weights_folders(),
     build_tiny_models=build_tiny_models,
     check_request=check_request,

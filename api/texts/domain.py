@@ -28,5 +28,6 @@ TEXTS = Domain(
     output_files=service.output_files,
     tiny_model_names=tuple(TEXT_MODELS),
     build_tiny_models=build_tiny_models,
+    model_modules=("api.texts.models.qwen_vl",),
     extra_routers=(("/v1", openai_compat.router),),
 )

@@ -29,5 +29,6 @@ VIDEOS = Domain(
     settings=VideoSettings,
     tiny_model_names=tuple(name for name, model in VIDEO_MODELS.items() if not model.external),
     build_tiny_models=build_tiny_models,
+    model_modules=("api.videos.models.diffusion",),
     check_request=check_request,
 )

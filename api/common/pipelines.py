@@ -93,7 +93,7 @@ FULL_COMPILES = 2
 # Modules compiled whole (Module.compile) all share one Dynamo cache, that of nn.Module's
 # call, whose default limit (8 graphs) would fail the ninth under fullgraph: a third model
 # at two sizes (a denoiser and a VAE decoder each). CompileBudget bounds each model's
-# graphs; this bounds them all.
+# graphs; this bounds them all (and a text model's decoding graphs, one per cache length).
 COMPILED_GRAPHS = 256
 
 
@@ -196,15 +196,21 @@ def compile_blocks(denoiser: Any) -> None:
             module.forward = torch.compile(module.forward, fullgraph=True)
 
 
-def compile_whole(module: Any) -> None:
-    """``module`` compiled whole: one static graph per input shape (each size its own graph,
-    so a size always runs the same kernels: no switch to a dynamic graph at the second size,
-    which would round apart), room for every model's graphs (COMPILED_GRAPHS)."""
+def allow_compiled_graphs() -> None:
+    """Room in Dynamo's caches for every model's graphs (COMPILED_GRAPHS), not its default 8
+    per compiled function, past which it fails a fullgraph compile or runs eagerly."""
     import torch._dynamo.config
 
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, COMPILED_GRAPHS)
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, COMPILED_GRAPHS)
+
+
+def compile_whole(module: Any) -> None:
+    """``module`` compiled whole: one static graph per input shape (each size its own graph,
+    so a size always runs the same kernels: no switch to a dynamic graph at the second size,
+    which would round apart), room for every model's graphs."""
+    allow_compiled_graphs()
     module.compile(fullgraph=True, dynamic=False)
 
 

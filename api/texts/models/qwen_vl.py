@@ -31,6 +31,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from api.common.errors import JobFailure
+from api.common.pipelines import allow_compiled_graphs
 
 # Pixels an image or video frame is resized to (keeping its aspect ratio, sides multiples of
 # 28: one token per 28x28 pixels, per 2 frames for video). Images: at most 1280 tokens, the
@@ -160,6 +161,7 @@ def chat(
     if compile_decoding:
         from transformers import StaticCache
 
+        allow_compiled_graphs()  # a graph per cache length: more than Dynamo's default 8
         length = -(-(prompt_tokens + max_tokens) // CACHE_BUCKET) * CACHE_BUCKET
         cache["past_key_values"] = StaticCache(config=model.config, max_cache_len=length)
     with torch.inference_mode():

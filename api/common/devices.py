@@ -82,7 +82,7 @@ def preload(modules: Sequence[str], device: str) -> None:
     if device.startswith("cuda"):
         import torch
 
-        square = torch.ones(64, 64, device=device, dtype=torch.bfloat16)
+        square = torch.ones(64, 64, device=device)  # float32: every GPU has it
         (square @ square).sum().item()
     log.info(
         "%s: model libraries imported%s in %.1f s",

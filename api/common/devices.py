@@ -78,7 +78,10 @@ def preload(modules: Sequence[str], device: str) -> None:
     matrix library opened."""
     started = time.perf_counter()
     for name in modules:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except Exception:  # its jobs fail later, clearly; the rest of the start goes on
+            log.exception("%s: could not import %s", device, name)
     if device.startswith("cuda"):
         import torch
 

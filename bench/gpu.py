@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -165,13 +166,15 @@ def plain_diffusers(models_dir: Path, name: str, runs: int, out: Path) -> dict:
 
 
 class PeakMemory:
-    """The card's peak used memory (MiB) while the block runs, sampled from nvidia-smi."""
+    """The card's peak used memory (MiB) while the block runs, sampled from nvidia-smi (0
+    without one: a smoke run on the CPU)."""
 
     def __enter__(self) -> PeakMemory:
         self.peak = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
+        if shutil.which("nvidia-smi"):
+            self.thread.start()
         return self
 
     def _sample(self) -> None:
@@ -185,7 +188,8 @@ class PeakMemory:
 
     def __exit__(self, *_: object) -> None:
         self.stop.set()
-        self.thread.join()
+        if self.thread.is_alive():
+            self.thread.join()
 
 
 def free_port() -> int:

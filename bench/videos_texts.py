@@ -51,6 +51,12 @@ from gpu import PeakMemory, Server, log, psnr  # noqa: E402
 PROMPT = "waves roll in under a grey sky, a lighthouse on the cliff, cinematic"
 NEGATIVE = "worst quality, blurry, jittery"
 QUESTION = "Describe this plate for a VFX supervisor: lighting, lens, what moves."
+# --device cpu: a smoke run of the whole flow on the tiny models (python -m api tiny-models
+# DIR --only ltx-video wan-2.1), to check the bench before spending GPU time on it
+TINY_CASES = {
+    "ltx-video": {"width": 64, "height": 64, "frames": 9, "steps": 2, "fps": 24},
+    "wan-2.1": {"width": 64, "height": 64, "frames": 5, "steps": 2, "fps": 16},
+}
 VIDEO_CASES = {
     "ltx-video": {"width": 768, "height": 512, "frames": 161, "steps": 50, "fps": 24},
     "wan-2.1": {"width": 832, "height": 480, "frames": 81, "steps": 50, "fps": 16},
@@ -278,7 +284,9 @@ def plain_video(models_dir: Path, name: str, steps: int, out: Path) -> dict:
     from PIL import Image
 
     case = VIDEO_CASES[name]
-    torch.cuda.reset_peak_memory_stats()
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     if name == "ltx-video":
         pipe = LTXImageToVideoPipeline.from_pretrained(models_dir / name, torch_dtype=BF16)
@@ -297,7 +305,7 @@ def plain_video(models_dir: Path, name: str, steps: int, out: Path) -> dict:
             ),
             torch_dtype=BF16,
         )
-    pipe.to("cuda")
+    pipe.to("cuda" if on_gpu else "cpu")
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - started
     image = Image.open(plate(out, case["width"], case["height"]))
@@ -319,7 +327,7 @@ def plain_video(models_dir: Path, name: str, steps: int, out: Path) -> dict:
 
     one(0, WARM_UP_STEPS)  # every kernel once (a step is the same at any count)
     seconds = one(1, steps)  # one timed call: minutes each
-    peak = torch.cuda.max_memory_allocated() / 2**20
+    peak = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else 0
     return {"load_s": load_s, "median_s": seconds, "peak_mib": peak}
 
 
@@ -491,6 +499,12 @@ def main() -> None:
     )
     parser.add_argument("--report", type=Path, help="the report to write or add to")
     parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: a smoke run of the video stages on the tiny models in --models-dir",
+    )
+    parser.add_argument(
         "--config", default="default", help="the server stage's name for its settings (--env)"
     )
     parser.add_argument(
@@ -506,8 +520,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    card = torch.cuda.get_device_name()
-    slug = card.split()[1].lower()  # "NVIDIA H100 80GB HBM3" → h100
+    if args.device == "cpu":
+        VIDEO_CASES.update(TINY_CASES)
+        args.only = [name for name in args.only if name in TINY_CASES]
+        args.stages = [stage for stage in args.stages if stage != "build"]
+    card = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    slug = card.split()[1].lower() if args.device == "cuda" else "cpu"  # NVIDIA H100 ... → h100
     path = args.report or args.out / f"{datetime.now(UTC):%Y-%m-%d}-{slug}-videos-texts.json"
     report: dict = json.loads(path.read_text()) if path.is_file() else {}
     if report.get("card", card) != card:
@@ -528,7 +546,8 @@ def main() -> None:
                 BUILDERS[name](folder)
             torch.cuda.empty_cache()
             log(name, "built in", round(time.perf_counter() - started, 1), "s")
-            report.setdefault("matmul_bf16_tflops", full_models_matmul())
+            if args.device == "cuda":
+                report.setdefault("matmul_bf16_tflops", full_models_matmul())
         if name == "qwen-2.5-vl":
             if "plain" in args.stages:
                 entry["plain"] = plain_text(args.models_dir, args.out)
@@ -552,7 +571,9 @@ def main() -> None:
                 save()
             if "server" in args.stages:
                 config = args.config + ("-step-cache" if args.step_cache else "")
-                server = Server(args.models_dir, args.data_dir, args.out, **env)
+                server = Server(
+                    args.models_dir, args.data_dir, args.out, DD_DEVICE=args.device, **env
+                )
                 try:
                     measured = server_video(server, name, steps, args.out, args.step_cache)
                 finally:

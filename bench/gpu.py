@@ -368,6 +368,28 @@ def model_switch(models_dir: Path, data_dir: Path, out: Path, env: dict) -> dict
         server.stop()
 
 
+def add_stage_arguments(parser: argparse.ArgumentParser, stages: tuple[str, ...], why: str) -> None:
+    """--stages and --report: a run split over several calls, adding to one report."""
+    parser.add_argument(
+        "--stages",
+        nargs="*",
+        default=list(stages),
+        choices=stages,
+        help=f"what to run ({why}: later stages add to the report the earlier ones wrote, "
+        "see --report)",
+    )
+    parser.add_argument("--report", type=Path, help="the report to write or add to")
+
+
+def open_report(path: Path, key: str, card: str) -> dict:
+    """The report at ``path`` to add to (empty when there is none), which must have been
+    measured on ``card`` (its ``key``)."""
+    report: dict = json.loads(path.read_text()) if path.is_file() else {}
+    if report.get(key, card) != card:
+        raise SystemExit(f"{path} was measured on {report[key]}, not {card}")
+    return report
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two 8-bit arrays, in dB (inf when identical)."""
     error = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
@@ -396,15 +418,7 @@ def main() -> None:
         help="JSON: server configuration name → extra DD_ settings; each is timed in turn "
         "(the ratios use the one named default)",
     )
-    parser.add_argument(
-        "--stages",
-        nargs="*",
-        default=list(STAGES),
-        choices=STAGES,
-        help="what to run (one call on a GPU machine may not fit them all: later stages "
-        "add to the report file the earlier ones wrote, see --report)",
-    )
-    parser.add_argument("--report", type=Path, help="the report to write or add to")
+    add_stage_arguments(parser, STAGES, "one call on a GPU machine may not fit them all")
     args = parser.parse_args()
     args.images.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -417,9 +431,7 @@ def main() -> None:
     slug = card.replace("NVIDIA ", "").replace(" ", "-").lower()
     today = datetime.now(UTC).isoformat(timespec="seconds")
     path = args.report or args.out / f"{today[:10]}-{slug}.json"
-    report: dict = json.loads(path.read_text()) if path.is_file() else {}
-    if report.get("device", card) != card:
-        raise SystemExit(f"{path} was measured on {report['device']}, not {card}")
+    report = open_report(path, "device", card)
     report.setdefault("date", today)
     report |= {
         "device": card,

@@ -46,7 +46,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 import full_models  # noqa: E402
-from gpu import PeakMemory, Server, log, psnr  # noqa: E402
+from gpu import (  # noqa: E402
+    PeakMemory,
+    Server,
+    add_stage_arguments,
+    log,
+    open_report,
+    psnr,
+)
 
 PROMPT = "waves roll in under a grey sky, a lighthouse on the cliff, cinematic"
 NEGATIVE = "worst quality, blurry, jittery"
@@ -489,15 +496,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--only", nargs="*", default=list(BUILDERS))
     parser.add_argument("--steps", type=int, help="video steps (default: each model's 50)")
-    parser.add_argument(
-        "--stages",
-        nargs="*",
-        default=list(STAGES),
-        choices=STAGES,
-        help="what to run (Wan's 50 steps don't fit one 10-minute call: later stages add to "
-        "the report the earlier ones wrote, see --report)",
-    )
-    parser.add_argument("--report", type=Path, help="the report to write or add to")
+    add_stage_arguments(parser, STAGES, "Wan's 50 steps don't fit one 10-minute call")
     parser.add_argument(
         "--device",
         choices=("cuda", "cpu"),
@@ -527,9 +526,7 @@ def main() -> None:
     card = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     slug = card.split()[1].lower() if args.device == "cuda" else "cpu"  # NVIDIA H100 ... → h100
     path = args.report or args.out / f"{datetime.now(UTC):%Y-%m-%d}-{slug}-videos-texts.json"
-    report: dict = json.loads(path.read_text()) if path.is_file() else {}
-    if report.get("card", card) != card:
-        raise SystemExit(f"{path} was measured on {report['card']}, not {card}")
+    report = open_report(path, "card", card)
     report |= {"card": card, "torch": torch.__version__, "python": platform.python_version()}
     report.setdefault("date", datetime.now(UTC).isoformat(timespec="seconds"))
     env = dict(setting.split("=", 1) for setting in args.env)

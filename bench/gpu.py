@@ -350,6 +350,10 @@ def model_switch(models_dir: Path, data_dir: Path, out: Path, env: dict) -> dict
                     "request_s": seconds,
                     "server_timings_s": server.last_timings,
                     "peak_gpu_memory_mib": memory.peak,
+                    # what the server's tensors hold after it: the evicted model given back?
+                    "allocated_after_mib": server.http.get("/health").json()["devices"][0][
+                        "memory_allocated_mb"
+                    ],
                 }
             )
         pixels_kept = {
@@ -531,9 +535,9 @@ def summarise(report: dict) -> None:
             report[f"{key}_switch_s"] = [
                 r["request_s"] for r in report["switch"]["requests"] if r["model"] == name
             ]
-            report[f"{key}_peak_gpu_memory_mib_alone"] = max(
-                r["peak_gpu_memory_mib"] for r in report["switch"]["requests"] if r["model"] == name
-            )
+            first = report["switch"]["requests"][0]  # the process's first model: alone
+            if first["model"] == name:
+                report[f"{key}_peak_gpu_memory_mib_alone"] = first["peak_gpu_memory_mib"]
 
 
 def print_table(report: dict) -> None:

@@ -83,7 +83,14 @@ def test_a_model_compiled_whole_stops_compiling_after_its_first_sizes(make_setti
     """DD_COMPILE=full (the default where Triton is): the first two plain sizes compile (a
     static graph each: a size gives the same pixels every time), a third size and a LoRA
     run without compiling again (eagerly, where no graph fits)."""
+    import torch._dynamo
     from torch._dynamo.utils import counters
+
+    from api.common.pipelines import CompileBudget
+
+    # as in a fresh process: no graphs or budgets left by the tests before this one
+    torch._dynamo.reset()
+    CompileBudget._of_model.clear()
 
     def graphs() -> int:
         return counters["stats"]["unique_graphs"]
@@ -110,15 +117,23 @@ def test_a_model_compiled_whole_stops_compiling_after_its_first_sizes(make_setti
 def test_switching_back_makes_the_same_pixels_on_the_gpu(make_settings, ram: str):
     """One model at a time on the card, compiled as by default: sdxl → flux → sdxl → flux,
     each unloaded and loaded again, or kept in RAM and moved back (DD_UNLOADED_MODELS_RAM):
-    the same request makes the same pixels after switching back."""
+    the same request makes the same pixels after switching back, and the model that left
+    gave its GPU memory back (compiled graphs hold no reference to its weights)."""
+    import torch
+
     settings = make_settings(max_loaded_models=1, unloaded_models_ram=ram)
     with TestClient(create_app(settings, devices=["cuda:0"])) as client:
+        before = torch.cuda.memory_allocated()
+        held: dict[str, int] = {}
 
         def run(model: str) -> np.ndarray:
             job = client.post("/api/images?wait=600", json=QUICK | {"model": model}).json()
             assert job["status"] == "succeeded", job["error"]
+            held.setdefault(model, torch.cuda.memory_allocated() - before)
             return np.asarray(decode(client.get(job["result"]["images"][0]["url"]).content))
 
         first = {model: run(model) for model in ("sdxl", "flux-schnell")}
-        for model in ("sdxl", "flux-schnell"):
+        for model, other in (("sdxl", "flux-schnell"), ("flux-schnell", "sdxl")):
             assert np.array_equal(run(model), first[model]), model
+            # only this model on the card: what it held alone, not the other's on top
+            assert torch.cuda.memory_allocated() - before < held[model] + held[other] / 2, model

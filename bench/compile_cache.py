@@ -12,7 +12,8 @@ Ways, each run in its own fresh Python process (a restart):
 - ``aoti``: ``torch.export`` + AOTInductor into a package without the weights
   (``package_constants_in_so=False``), then ``aoti-load`` in a new process: load the
   package and hand it the module's own weights (``load_constants(user_managed=True)``: no
-  copy), the first call pays no compilation at all.
+  copy), the first call pays no compilation at all; ``aoti-load-copy``: the same with the
+  weights copied into the package's own buffers (``user_managed=False``).
 
     python bench/compile_cache.py --only sdxl flux --out DIR
 """
@@ -151,7 +152,7 @@ def stage(name: str, way: str, work: Path) -> dict:
         )
         result["package_bytes"] = package.stat().st_size
         fn = None
-    elif way == "aoti-load":
+    elif way in ("aoti-load", "aoti-load-copy"):  # the weights used in place, or copied in
         runner = torch._inductor.aoti_load_package(str(package))
         wanted = runner.get_constant_fqns()
         own = dict(step.named_parameters()) | dict(step.named_buffers())
@@ -160,7 +161,7 @@ def stage(name: str, way: str, work: Path) -> dict:
         runner.load_constants(
             {fqn: own[fqn] for fqn in wanted if fqn in own},
             check_full_update=not result["constants_missing"],
-            user_managed=True,
+            user_managed=way == "aoti-load",
         )
         fn = runner
     else:
@@ -206,7 +207,9 @@ def main() -> None:
         for way in args.ways:
             started = time.perf_counter()
             proc = subprocess.run(
-                [sys.executable, __file__, "--work", str(args.work), "--stage", name, way],
+                # -X faulthandler: a crash in native code still says where it was
+                [sys.executable, "-X", "faulthandler", __file__]
+                + ["--work", str(args.work), "--stage", name, way],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -215,6 +218,7 @@ def main() -> None:
             result = json.loads(line[-1][7:]) if line else {"model": name, "way": way}
             result["process_s"] = time.perf_counter() - started
             if proc.returncode:
+                result["returncode"] = proc.returncode  # negative: killed by that signal
                 result["error"] = proc.stderr[-3000:]
             print(json.dumps(result), flush=True)
             results.append(result)

@@ -132,6 +132,11 @@ class WorkerInfo(BaseModel):
     queues: list[str] = Field(description="The queues it takes jobs from.")
     models: list[str] = Field(description="Models whose own queue it takes (--models).")
     current_job: str | None = Field(description="The id of the job it runs now.")
+    warming_up: bool = Field(
+        False,
+        description="Getting ready for its first job (DD_PRELOAD's imports, DD_WARMUP's "
+        "models): it takes jobs once this is false.",
+    )
     loaded_models: list[str]
     last_heartbeat: datetime
 

@@ -70,13 +70,15 @@ class Workers:
         return process.pid
 
     def start(self, *pids: int) -> None:
-        """Wait until /health lists the launched workers ``pids`` (else launch one)."""
+        """Wait until /health lists the launched workers ``pids`` (else launch one) as
+        taking jobs (no longer warming up)."""
         started = set(pids or [self.launch()])
-        until(lambda: started <= set(self.pids()), f"workers {started} in /health", self.log)
+        until(lambda: started <= set(self.pids()), f"workers {started} ready in /health", self.log)
 
     def pids(self) -> list[int]:
+        """The workers /health lists as taking jobs."""
         health = httpx.get(f"{self.api.url}/health", timeout=5).json()
-        return [worker["pid"] for worker in health["workers"]]
+        return [worker["pid"] for worker in health["workers"] if not worker["warming_up"]]
 
     def kill(self, pid: int) -> None:
         self.processes[pid].send_signal(signal.SIGKILL)
@@ -172,6 +174,7 @@ def test_jobs_spread_over_both_workers(cluster: tuple[Server, Workers, Path]):
     assert health["broker"] == REDIS_URL
     assert {worker["device"] for worker in health["workers"]} == {"cpu"}
     assert all(worker["queues"] == ["device", "external"] for worker in health["workers"])
+    assert not any(worker["warming_up"] for worker in health["workers"])  # both take jobs
 
     submitted = [
         http.post(

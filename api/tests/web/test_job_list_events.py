@@ -39,7 +39,8 @@ def test_the_list_stream_starts_with_the_jobs_then_follows_every_change(page_ser
         assert name == "jobs" and earlier["id"] in [job["id"] for job in jobs]
         assert all(job["kind"] == "images" for job in jobs)
         busy = http.post("/api/images", json=SLOW).json()  # holds the runner: the next waits
-        job = http.post("/api/images", json=QUICK | {"num_inference_steps": 30}).json()
+        # long enough to change over several of the feed's intervals: progress events too
+        job = http.post("/api/images", json=QUICK | {"num_inference_steps": 200}).json()
         cancelled = False
         for name, data in feed:
             seen.append((name, data))

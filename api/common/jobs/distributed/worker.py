@@ -84,6 +84,8 @@ class Worker:
         self.services.jobs = self.engine  # a job asking another domain for work
         self.handlers: dict[str, JobHandler] = {}
         self.current: str | None = None
+        # until it takes jobs: importing the model libraries, loading DD_WARMUP models
+        self.warming_up = True
         self.stopping = threading.Event()
         self._beating = threading.Event()
 
@@ -97,6 +99,7 @@ class Worker:
             "queues": self.queues,
             "models": self.models,
             "current_job": self.current,
+            "warming_up": self.warming_up,
             "loaded_models": sorted(self.services.loaded_models()),
             "last_heartbeat": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
@@ -153,8 +156,8 @@ class Worker:
 
         self.engine.check_broker()
         use_device(self.device)
-        self.beat()
         self.handlers, warm_up = job_functions(self.services)
+        self.beat()  # /health lists it from now on, warming up until it takes jobs
         if warm_up is not None:
             try:
                 warm_up(self.device)
@@ -165,6 +168,11 @@ class Worker:
         @app.task(name=RUN_JOB, acks_late=True, ignore_result=True)
         def run_job(job_id: str, queue: str | None = None) -> None:
             self.run(job_id, queue)
+
+        @signals.worker_ready.connect(weak=False)
+        def ready(**_: Any) -> None:  # consuming messages now: /health says so at once
+            self.warming_up = False
+            self.beat()
 
         @signals.worker_shutting_down.connect(weak=False)
         def shutting_down(**_: Any) -> None:
